@@ -1,0 +1,114 @@
+"""Model checkpoints: a state_dict plus the resolved config, at any fsspec URI.
+
+The file is a plain ``torch.save`` of ``{"format", "config", "model", "extra"}`` where
+every value is a tensor or a primitive, so it loads with ``weights_only=True``: nothing
+a user did not write is ever unpickled. A ``.safetensors`` URI stores the same content
+(config and extra as JSON metadata).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import fsspec
+import torch
+
+from frameexit.config import Config, config_from_dict, config_to_dict
+from frameexit.errors import CheckpointError
+
+FORMAT = "frameexit-checkpoint-v1"
+
+
+def save_model_checkpoint(
+    model: torch.nn.Module,
+    cfg: Config,
+    uri: str,
+    *,
+    extra: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model``'s weights and ``cfg`` to ``uri`` (write to a temp name, then move)."""
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    if uri.endswith(".safetensors"):
+        from safetensors.torch import save
+
+        metadata = {
+            "format": FORMAT,
+            "config": json.dumps(config_to_dict(cfg)),
+            "extra": json.dumps(extra or {}),
+        }
+        payload = save(state, metadata=metadata)
+    else:
+        buffer = io.BytesIO()
+        torch.save(
+            {"format": FORMAT, "config": config_to_dict(cfg), "model": state, "extra": extra or {}},
+            buffer,
+        )
+        payload = buffer.getvalue()
+    _atomic_write(uri, payload, storage_options)
+
+
+def read_model_checkpoint(
+    uri: str, *, storage_options: dict[str, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:
+    """Read ``(state_dict, config, extra)`` from a checkpoint written by this module."""
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
+            payload = handle.read()
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{uri}: checkpoint not found") from error
+    if uri.endswith(".safetensors"):
+        from safetensors.torch import load
+
+        state = load(payload)
+        metadata = _safetensors_metadata(payload)
+        return (
+            state,
+            config_from_dict(json.loads(metadata["config"])),
+            json.loads(metadata["extra"]),
+        )
+    try:
+        blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+        raise CheckpointError(f"{uri}: not a loadable checkpoint ({error})") from error
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{uri}: not a frameexit checkpoint (missing format {FORMAT!r})")
+    return blob["model"], config_from_dict(blob["config"]), dict(blob.get("extra") or {})
+
+
+def load_model_checkpoint(
+    uri: str, *, storage_options: dict[str, Any] | None = None, device: str = "cpu"
+) -> tuple[torch.nn.Module, Config]:
+    """Build the model its config describes and load its weights strictly."""
+    from frameexit.model import build_model
+
+    state, cfg, _ = read_model_checkpoint(uri, storage_options=storage_options)
+    cfg.model.pretrained = None  # the checkpoint already holds the weights
+    model = build_model(cfg.model)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{uri}: does not match the model of its config; missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )
+    return model.to(device).eval(), cfg
+
+
+def _atomic_write(uri: str, payload: bytes, storage_options: dict[str, Any] | None) -> None:
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    temp = f"{path}.tmp-{torch.randint(0, 2**31, ()).item()}"
+    with fs.open(temp, "wb") as handle:
+        handle.write(payload)
+    fs.mv(temp, path)
+
+
+def _safetensors_metadata(payload: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (8-byte little-endian header size, JSON)."""
+    size = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8 : 8 + size])
+    return header.get("__metadata__", {})

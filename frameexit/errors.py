@@ -1,0 +1,63 @@
+"""Typed errors. Each carries the offending URI or config field so a user can act on it."""
+
+from __future__ import annotations
+
+
+class FrameExitError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(FrameExitError, ValueError):
+    """A configuration value is invalid; ``field`` is its dotted name (``model.num_steps``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class VideoDecodeError(FrameExitError):
+    """A video could not be read.
+
+    ``kind`` is one of ``missing``, ``empty``, ``truncated``, ``not_video``,
+    ``unreadable``, ``index_out_of_range``, ``timeout``.
+    """
+
+    KINDS = (
+        "missing",
+        "empty",
+        "truncated",
+        "not_video",
+        "unreadable",
+        "index_out_of_range",
+        "timeout",
+    )
+
+    def __init__(self, uri: str, kind: str, reason: str) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown VideoDecodeError kind {kind!r}")
+        self.uri = uri
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{uri}: {kind}: {reason}")
+
+    def __reduce__(self):  # keep the fields when pickled across processes (Ray)
+        return (type(self), (self.uri, self.kind, self.reason))
+
+
+class ManifestError(FrameExitError):
+    """A manifest (or one of its rows) is unreadable; ``line`` is 1-based where known."""
+
+    def __init__(self, uri: str, reason: str, line: int | None = None) -> None:
+        self.uri = uri
+        self.reason = reason
+        self.line = line
+        where = f"{uri}:{line}" if line is not None else uri
+        super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.uri, self.reason, self.line))
+
+
+class CheckpointError(FrameExitError):
+    """A checkpoint cannot be loaded into the model (missing/unexpected keys, shapes)."""

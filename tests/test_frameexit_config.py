@@ -1,0 +1,78 @@
+"""Config layering (defaults → YAML → overrides) and validation naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from frameexit.config import Config, load_config, parse_override, save_config
+from frameexit.errors import ConfigError
+
+
+def test_defaults_follow_the_paper() -> None:
+    cfg = load_config()
+    assert cfg.model.num_steps == 10
+    assert cfg.model.pooling == "max"
+    assert cfg.model.gate_hidden == 64
+    assert cfg.model.exit_threshold == 0.5
+    assert cfg.train.stage1.epochs == 35 and cfg.train.stage1.milestones == [16, 30]
+    assert cfg.train.stage2.epochs == 10 and cfg.train.stage2.milestones == [5, 8]
+    assert cfg.train.stage1.lr == pytest.approx(1e-4)
+
+
+def test_yaml_then_overrides(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump({"model": {"num_steps": 8, "pooling": "mean"}, "train": {"beta": "1e-5"}})
+    )
+    cfg = load_config(str(path), ["model.num_steps=4", "train.stage1.milestones=[2, 3]"])
+    assert cfg.model.num_steps == 4  # override wins over the file
+    assert cfg.model.pooling == "mean"  # file wins over the default
+    assert cfg.train.beta == pytest.approx(1e-5)  # YAML 1.1 string "1e-5" coerced
+    assert cfg.train.stage1.milestones == [2, 3]
+
+
+def test_save_and_reload_round_trip(tmp_path) -> None:
+    cfg = load_config(None, ["model.num_classes=7", "data.manifest=s3://b/m.parquet"])
+    save_config(cfg, str(tmp_path / "resolved.yaml"))
+    again = load_config(str(tmp_path / "resolved.yaml"))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("model.num_steps=0", "model.num_steps"),
+        ("model.pooling=median", "model.pooling"),
+        ("model.backbone=vgg99", "model.backbone"),
+        ("model.exit_threshold=-1", "model.exit_threshold"),
+        ("model.num_classes=ten", "model.num_classes"),
+        ("train.stage1.milestones=[30, 16]", "train.stage1.milestones"),
+        ("train.stage2.lr=0", "train.stage2.lr"),
+        ("train.beta=0", "train.beta"),
+        ("label.multi_label_threshold=2", "label.multi_label_threshold"),
+        ("model.no_such_field=1", "model.no_such_field"),
+        ("nosection.x=1", "nosection"),
+        ("data.augment=maybe", "data.augment"),
+    ],
+)
+def test_bad_values_name_the_field(override: str, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+def test_malformed_override_and_missing_file(tmp_path) -> None:
+    with pytest.raises(ConfigError):
+        parse_override("model.num_steps")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(bad))
+
+
+def test_config_is_a_plain_dataclass() -> None:
+    assert isinstance(Config().validate(), Config)
