@@ -15,12 +15,16 @@ class ConfigError(FrameExitError, ValueError):
         self.reason = reason
         super().__init__(f"{field}: {reason}")
 
+    def __reduce__(self):  # keep the fields when pickled across processes (Ray)
+        return (type(self), (self.field, self.reason))
+
 
 class VideoDecodeError(FrameExitError):
     """A video could not be read.
 
     ``kind`` is one of ``missing``, ``empty``, ``truncated``, ``not_video``,
-    ``unreadable``, ``index_out_of_range``, ``timeout``.
+    ``unreadable``, ``index_out_of_range``, ``timeout``, ``access_denied`` (the storage
+    refused the credentials or the permission: fix configuration, not the file).
     """
 
     KINDS = (
@@ -31,6 +35,7 @@ class VideoDecodeError(FrameExitError):
         "unreadable",
         "index_out_of_range",
         "timeout",
+        "access_denied",
     )
 
     def __init__(self, uri: str, kind: str, reason: str) -> None:

@@ -76,3 +76,18 @@ def test_malformed_override_and_missing_file(tmp_path) -> None:
 
 def test_config_is_a_plain_dataclass() -> None:
     assert isinstance(Config().validate(), Config)
+
+
+def test_errors_survive_pickling() -> None:
+    """Ray ships errors between processes: the typed fields must come back intact."""
+    import pickle
+
+    from frameexit.errors import ManifestError, VideoDecodeError
+
+    error = pickle.loads(pickle.dumps(ConfigError("model.num_steps", "must be >= 1")))
+    assert (error.field, error.reason) == ("model.num_steps", "must be >= 1")
+    assert str(error) == "model.num_steps: must be >= 1"
+    decode = pickle.loads(pickle.dumps(VideoDecodeError("s3://b/v.mp4", "empty", "0 bytes")))
+    assert (decode.uri, decode.kind, decode.reason) == ("s3://b/v.mp4", "empty", "0 bytes")
+    manifest = pickle.loads(pickle.dumps(ManifestError("m.csv", "no label", line=3)))
+    assert (manifest.uri, manifest.reason, manifest.line) == ("m.csv", "no label", 3)

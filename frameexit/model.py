@@ -1,0 +1,354 @@
+"""The FrameExit network: backbone Φ, accumulated pooling Ψ, classifiers f_t and gates g_t.
+
+Data flow for one video (step t = 1..T, frame x_t chosen by the policy π)::
+
+    x_t ──Φ──► Φ(x_t) ──Ψ(z_{t-1}, ·)──► z_t ──f_t──► logits_t
+                                           │
+                              (z_{t-1}, z_t)──g_t──► exit logit_t   (exit if σ ≥ 0.5)
+
+Two variants (``ModelConfig.variant``):
+
+* ``paper`` — as in the paper: Φ ends in Linear(trunk → D); g_1 sees z_1 alone; g_t
+  (t ≥ 2) runs z_{t-1} and z_t through one shared 2-layer MLP (``gate_hidden`` units),
+  concatenates and maps linearly to one logit.
+* ``official`` — as in the authors' released code: Φ ends in Linear + BatchNorm + ReLU;
+  gates use BatchNorm and hidden sizes (2·gate_hidden, gate_hidden) = (128, 64) and take
+  [MLP(z_t), MLP(z_{t-1})] in that order; their gate's sigmoid is a *continue*
+  probability (exit when it is < 0.5), so our gate logit is its negation; there is no
+  learned g_1: step 1 exits when the top softmax score of f_1 exceeds
+  ``first_step_threshold`` (strictly, as in their code).
+
+``forward`` runs all T steps (training); ``early_exit`` runs step by step over a batch,
+drops the videos that exited (compaction) and never asks for their remaining frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from frameexit.config import ModelConfig
+from frameexit.pooling import build_pooling
+
+FrameSource = Callable[[int, Tensor], Tensor]
+
+
+@dataclass
+class FrameExitOutput:
+    """All-steps output: ``logits [B, T, K]``, ``gate_logits [B, T]``, ``features [B, T, D]``.
+
+    ``features`` are the pooled z_1..z_T. ``gate_logits[:, t]`` is the exit logit of g_{t+1}
+    (for the official variant, column 0 is f_1's confidence margin, see
+    :class:`ConfidenceGate`).
+    """
+
+    logits: Tensor
+    gate_logits: Tensor
+    features: Tensor
+
+    @property
+    def gate_probs(self) -> Tensor:
+        """Exit probabilities σ(gate_logits), ``[B, T]``."""
+        return torch.sigmoid(self.gate_logits)
+
+
+@dataclass
+class ExitResult:
+    """Early-exit inference result per video (rows in the original batch order).
+
+    ``scores [B, K]`` softmax (single-label) or sigmoid (multi-label) of the answering
+    classifier f_{exit_step}, ``logits [B, K]`` its logits, ``exit_step [B]`` 1-based, and
+    ``frames_used [B]`` the number of steps (frames, or clips for 3D backbones) that went
+    through the backbone — equal to ``exit_step``.
+    """
+
+    scores: Tensor
+    logits: Tensor
+    exit_step: Tensor
+    frames_used: Tensor
+
+
+def _mlp(dim: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+
+
+class ExitGate(nn.Module):
+    """Paper gate g_t: shared 2-layer MLP h on z_{t-1} and z_t, [h(z_{t-1}), h(z_t)] → 1 logit.
+
+    With ``first=True`` it is g_1: h(z_1) alone → 1 logit.
+    """
+
+    def __init__(self, dim: int, hidden: int = 64, *, first: bool = False) -> None:
+        super().__init__()
+        self.first = first
+        self.mlp = _mlp(dim, hidden)
+        self.linear = nn.Linear(hidden if first else 2 * hidden, 1)
+
+    def forward(
+        self, z_t: Tensor, z_prev: Tensor | None = None, *, logits: Tensor | None = None
+    ) -> Tensor:
+        """Exit logit ``[B]`` (σ ≥ threshold → exit). ``logits`` is unused (uniform signature)."""
+        if self.first:
+            return self.linear(self.mlp(z_t)).squeeze(-1)
+        if z_prev is None:
+            raise ValueError("gate g_t with t >= 2 needs z_{t-1}")
+        return self.linear(torch.cat([self.mlp(z_prev), self.mlp(z_t)], dim=-1)).squeeze(-1)
+
+
+class OfficialExitGate(nn.Module):
+    """The authors' gate: MLP D→2h→h with BatchNorm (shared by both streams), then linear.
+
+    Their gate outputs a *continue* logit ℓ on [MLP(z_t), MLP(z_{t-1})] and exits when
+    σ(ℓ) < 0.5; we return the exit logit −ℓ so that, as for the paper gate, σ ≥ 0.5 means
+    exit. Their 1×1 convolutions on [B, C, 1, 1] are the Linear layers here; the
+    checkpoint loader (:mod:`frameexit.official`) reshapes the weights.
+    """
+
+    def __init__(self, dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 2 * hidden),
+            nn.BatchNorm1d(2 * hidden),
+            nn.ReLU(),
+            nn.Linear(2 * hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+        )
+        self.linear = nn.Linear(2 * hidden, 1)
+
+    def forward(
+        self, z_t: Tensor, z_prev: Tensor | None = None, *, logits: Tensor | None = None
+    ) -> Tensor:
+        """Exit logit ``[B]`` (the negated continue logit of the authors' gate)."""
+        if z_prev is None:
+            raise ValueError("the official gate g_t (t >= 2) needs z_{t-1}")
+        continue_logit = self.linear(torch.cat([self.mlp(z_t), self.mlp(z_prev)], dim=-1))
+        return -continue_logit.squeeze(-1)
+
+
+class ConfidenceGate(nn.Module):
+    """Official step-1 rule (no parameters): exit when max softmax(f_1(z_1)) > threshold.
+
+    Its logit is the confidence margin logit(p_max) − logit(threshold), computed stably as
+    (top logit − logsumexp of the other logits) − logit(threshold); it is positive exactly
+    when p_max > threshold and is detached (nothing to train).
+    """
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(
+        self, z_t: Tensor, z_prev: Tensor | None = None, *, logits: Tensor | None = None
+    ) -> Tensor:
+        """Confidence-margin logit ``[B]`` from the step-1 classifier ``logits [B, K]``."""
+        if logits is None:
+            raise ValueError("the confidence gate needs the step-1 classifier logits")
+        logits = logits.detach().float()
+        top, index = logits.max(dim=-1)
+        others = logits.scatter(-1, index.unsqueeze(-1), float("-inf")).logsumexp(dim=-1)
+        p = self.threshold
+        bias = math.inf if p >= 1 else -math.inf if p <= 0 else math.log(p) - math.log1p(-p)
+        return top - others - bias
+
+    def exits(self, logits: Tensor) -> Tensor:
+        """Boolean ``[B]``: the authors' rule ``max softmax(logits) > threshold``."""
+        return F.softmax(logits.float(), dim=-1).max(dim=-1).values > self.threshold
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+class FrameExit(nn.Module):
+    """FrameExit (Ghodrati et al., CVPR 2021): one network, T classifiers, T exit gates.
+
+    ``backbone`` (optional) replaces the registry backbone: any module mapping a batch of
+    frames ``[n, 3, S, S]`` (or clips) to ``[n, cfg.feature_dim]``.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        if cfg.variant not in ("paper", "official"):
+            raise ValueError(f"unknown variant {cfg.variant!r}; use 'paper' or 'official'")
+        if backbone is None:
+            from frameexit.backbones import build_backbone
+
+            cfg.validate()
+            backbone = build_backbone(
+                cfg.backbone,
+                feature_dim=cfg.feature_dim,
+                projection="linear_bn_relu" if cfg.variant == "official" else "linear",
+                pretrained=cfg.pretrained,
+            )
+        self.cfg = cfg
+        self.stage: int | None = None  # set by frameexit.losses.set_stage
+        dim, steps = cfg.feature_dim, cfg.num_steps
+        self.backbone = backbone
+        self.pooling = build_pooling(cfg.pooling, dim)
+        self.classifiers = nn.ModuleList(nn.Linear(dim, cfg.num_classes) for _ in range(steps))
+        gates: list[nn.Module]
+        if cfg.variant == "official":
+            gates = [ConfidenceGate(cfg.first_step_threshold)]
+            gates += [OfficialExitGate(dim, cfg.gate_hidden) for _ in range(steps - 1)]
+        else:
+            gates = [ExitGate(dim, cfg.gate_hidden, first=True)]
+            gates += [ExitGate(dim, cfg.gate_hidden) for _ in range(steps - 1)]
+        self.gates = nn.ModuleList(gates)
+
+    @property
+    def num_steps(self) -> int:
+        """T, the largest number of steps."""
+        return len(self.classifiers)
+
+    def train(self, mode: bool = True) -> FrameExit:
+        """Like ``nn.Module.train``, but keeps the frozen parts in eval mode after set_stage.
+
+        Stage 1 freezes the gates; stage 2 freezes everything but the gates, so their
+        BatchNorm statistics stay fixed however often a training loop calls ``train()``.
+        """
+        super().train(mode)
+        if mode and self.stage == 1:
+            self.gates.eval()
+        elif mode and self.stage == 2:
+            for module in (self.backbone, self.pooling, self.classifiers):
+                module.eval()
+        return self
+
+    # --- all steps at once (training) ---------------------------------------------------
+
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """Φ on every frame: ``[B, T, 3, S, S]`` (or clips ``[B, T, 3, k, S, S]``) → ``[B, T, D]``."""
+        b, t = frames.shape[:2]
+        return self.backbone(frames.flatten(0, 1)).reshape(b, t, -1)
+
+    def heads(self, frame_features: Tensor) -> FrameExitOutput:
+        """Pooling, classifiers and gates on per-frame features ``[B, T, D]`` (T ≤ num_steps)."""
+        if frame_features.shape[1] > self.num_steps:
+            raise ValueError(
+                f"got {frame_features.shape[1]} steps, the model has T = {self.num_steps}"
+            )
+        z = self.pooling(frame_features)
+        logits = self._classify(z)
+        return FrameExitOutput(logits, self._gate_logits(z, logits), z)
+
+    def forward(self, frames: Tensor) -> FrameExitOutput:
+        """All steps for a batch of videos: ``heads(frame_features(frames))``."""
+        return self.heads(self.frame_features(frames))
+
+    def gate_logits_from_pooled(self, z: Tensor) -> Tensor:
+        """Gate logits ``[B, T]`` from pooled features ``z [B, T, D]`` (stage 2 on cached z)."""
+        logits = self._classify(z[:, :1]) if self.cfg.variant == "official" else None
+        return self._gate_logits(z, logits)
+
+    def _classify(self, z: Tensor) -> Tensor:
+        return torch.stack([self.classifiers[t](z[:, t]) for t in range(z.shape[1])], dim=1)
+
+    def _gate_logits(self, z: Tensor, logits: Tensor | None) -> Tensor:
+        columns = [self.gates[0](z[:, 0], logits=None if logits is None else logits[:, 0])]
+        columns += [self.gates[t](z[:, t], z[:, t - 1]) for t in range(1, z.shape[1])]
+        return torch.stack([c.to(z.dtype) for c in columns], dim=1)
+
+    # --- early exit (inference) -----------------------------------------------------------
+
+    def scores_from_logits(self, logits: Tensor) -> Tensor:
+        """Class scores: softmax (single-label) or sigmoid (multi-label)."""
+        return torch.sigmoid(logits) if self.cfg.multi_label else F.softmax(logits, dim=-1)
+
+    def exit_decision(
+        self, t: int, z_t: Tensor, z_prev: Tensor | None, logits_t: Tensor, threshold: float
+    ) -> Tensor:
+        """Boolean ``[B]``: does gate g_{t+1} (0-based ``t``) fire for each video?"""
+        if t == 0 and isinstance(self.gates[0], ConfidenceGate):
+            return self.gates[0].exits(logits_t)
+        return torch.sigmoid(self.gates[t](z_t, z_prev).float()) >= threshold
+
+    @torch.no_grad()
+    def early_exit(
+        self,
+        frame_source: FrameSource,
+        batch_size: int,
+        *,
+        threshold: float | None = None,
+        max_steps: int | None = None,
+        exit: bool = True,
+    ) -> ExitResult:
+        """Batched early-exit inference with compaction (runs in eval mode, no grad).
+
+        At step t (0-based) calls ``frame_source(t, active)`` where ``active`` is a CPU
+        LongTensor of the original batch positions still running; it must return their
+        frames ``[len(active), 3, S, S]`` (or clips). A video exits at the first step whose
+        gate probability is ≥ ``threshold`` (default ``cfg.exit_threshold``; official step 1:
+        top softmax > ``cfg.first_step_threshold``) and f_t answers; otherwise f_T answers
+        (or f_{max_steps}). ``exit=False`` runs every video for all steps (no gates).
+        Exited videos leave the batch and are never asked for again.
+        """
+        steps = self.num_steps if max_steps is None else max_steps
+        if not 1 <= steps <= self.num_steps:
+            raise ValueError(f"max_steps must be in 1..{self.num_steps}, got {max_steps}")
+        threshold = self.cfg.exit_threshold if threshold is None else threshold
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        try:
+            return self._early_exit(frame_source, batch_size, threshold, steps, exit, device)
+        finally:
+            self.train(was_training)
+
+    def _early_exit(
+        self,
+        frame_source: FrameSource,
+        batch_size: int,
+        threshold: float,
+        steps: int,
+        use_gates: bool,
+        device: torch.device,
+    ) -> ExitResult:
+        num_classes = self.cfg.num_classes
+        out_logits = torch.zeros(batch_size, num_classes, device=device)
+        exit_step = torch.zeros(batch_size, dtype=torch.long, device=device)
+        active = torch.arange(batch_size)  # original positions, CPU (for the frame source)
+        state = self.pooling.init_state(batch_size, device)
+        z_prev: Tensor | None = None
+        for t in range(steps if batch_size else 0):
+            frames = frame_source(t, active.clone())
+            if frames.shape[0] != active.numel():
+                raise ValueError(
+                    f"frame_source returned {frames.shape[0]} frames at step {t}, "
+                    f"expected {active.numel()}"
+                )
+            features = self.backbone(frames.to(device))
+            z_t, state = self.pooling.step(state, features)
+            logits_t = self.classifiers[t](z_t)
+            if t == steps - 1:
+                done = torch.ones(active.numel(), dtype=torch.bool, device=device)
+            elif use_gates:
+                done = self.exit_decision(t, z_t, z_prev, logits_t, threshold)
+            else:
+                done = torch.zeros(active.numel(), dtype=torch.bool, device=device)
+            if bool(done.any()):
+                rows = active.to(device)[done]
+                out_logits[rows] = logits_t[done].to(out_logits.dtype)
+                exit_step[rows] = t + 1
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                active = active[keep.cpu()]
+                state = self.pooling.select(state, keep)
+                z_t = z_t.index_select(0, keep)
+            z_prev = z_t
+        return ExitResult(
+            scores=self.scores_from_logits(out_logits),
+            logits=out_logits,
+            exit_step=exit_step,
+            frames_used=exit_step.clone(),
+        )
+
+
+def build_model(cfg: ModelConfig, *, backbone: nn.Module | None = None) -> FrameExit:
+    """Build the FrameExit network ``cfg`` describes (optionally around a custom backbone)."""
+    return FrameExit(cfg, backbone=backbone)
