@@ -1,0 +1,34 @@
+"""Decode frames at chosen indices from any fsspec URI, exactly, with typed errors.
+
+    from frameexit.video import open_video, read_frames
+    frames = read_frames("s3://bucket/v.mp4", [150, 0, 299])   # uint8 [3, H, W, 3]
+    with open_video(uri) as video:                              # early exit: step by step
+        first = video.get([video.num_frames // 2])
+
+See ``frameexit.video.reader`` for what is fetched when, the exactness rule and the
+time bound.
+"""
+
+# PyAV must be loaded before decord: decord loads its own FFmpeg (with libvpx inside)
+# into the global symbol scope, and PyAV loaded after it fails to open libvpx encoders.
+import av  # noqa: F401, I001
+
+from frameexit.video.reader import (
+    BACKENDS,
+    DEFAULT_TIMEOUT_S,
+    FETCH_MODES,
+    VideoReader,
+    clip_indices,
+    open_video,
+    read_frames,
+)
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_TIMEOUT_S",
+    "FETCH_MODES",
+    "VideoReader",
+    "clip_indices",
+    "open_video",
+    "read_frames",
+]
