@@ -1,0 +1,337 @@
+"""Ray Train loops of both stages (``train_loop_per_worker``) and their torch helpers.
+
+They live in the package, not in scripts or tests, so Ray workers can import them.
+
+Stage 1, per worker (DDP over ``train.num_workers``; gloo on CPU, NCCL on GPU)::
+
+    shard = get_dataset_shard("train")          decoded frames [B, T, 3, S, S]
+    for epoch in start..epochs-1:                start = last checkpoint's epoch (resume)
+        lr = lr0 · γ^(#milestones <= epoch)      the step schedule of DESIGN.md
+        for batch in shard.iter_torch_batches():
+            L_cls = mean_t CE(f_t(z_t), y)       backbone + projection + classifiers
+        report(metrics, checkpoint={model, optimizer, epoch})   every epoch, rank 0 saves
+
+Stage 2 reads the Parquet feature cache instead of frames (the backbone never runs)::
+
+    batch {features z_1..z_T [B, T, D], step_losses [B, T]}
+        y^g_t = [ℓ_t <= β·exp(t/2)]              pseudo-labels from the cached losses
+        L_gate = mean_t BCE(g_t(z_{t-1}, z_t), y^g_t)    only the gates train
+
+Checkpoints are ``state.pt`` files of tensors and primitives (``weights_only=True``
+loads them). Stage-2 checkpoints hold only the gates; the frozen rest is the stage-1 model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from frameexit.config import Config, StageConfig, config_from_dict
+
+log = logging.getLogger("frameexit.pipelines.loops")
+
+STATE_FILE = "state.pt"
+
+
+# --- helpers shared by both loops (and by bench/method.py) ----------------------------
+
+
+def epoch_lr(stage: StageConfig, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: ×γ after each milestone epoch (1-based)."""
+    return stage.lr * stage.gamma ** sum(epoch >= m for m in stage.milestones)
+
+
+def make_optimizer(params, stage: StageConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(list(params), lr=stage.lr, weight_decay=stage.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (if any)."""
+    return model.module if hasattr(model, "module") else model
+
+
+class GateHead(nn.Module):
+    """Stage-2 trainable view of a FrameExit model: cached z ``[B, T, D]`` → gate logits.
+
+    DDP wraps this (not the model) so gradient sync is driven by a real ``forward``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.gate_logits_from_pooled(z)
+
+
+def stage1_step(
+    model: nn.Module,
+    frames: torch.Tensor,
+    target: torch.Tensor,
+    cfg: Config,
+    *,
+    autocast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_cls of one batch and the step-T logits (for a running accuracy)."""
+    from frameexit.losses import classification_loss
+
+    with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = model(frames)
+    logits = out.logits.float()
+    return classification_loss(logits, target, cfg.model.multi_label), logits[:, -1]
+
+
+def stage2_step(
+    head: nn.Module, features: torch.Tensor, step_losses: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_gate of one batch, the gate logits and the pseudo-labels."""
+    from frameexit.losses import gate_loss, gate_pseudo_labels
+
+    logits = head(features)
+    labels = gate_pseudo_labels(step_losses, beta)
+    return gate_loss(logits.float(), labels), logits, labels
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+
+def _restore(optimizer: torch.optim.Optimizer, load_model) -> tuple[int, dict[str, Any]]:
+    """Load the latest Ray Train checkpoint of this run (if any): returns (epoch, metrics)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, {}
+    with checkpoint.as_directory() as directory:
+        state = torch.load(
+            os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True
+        )
+    load_model(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resumed from checkpoint at epoch %d", state["epoch"])
+    return int(state["epoch"]), dict(state.get("metrics") or {})
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """Every rank reports; rank 0 (``state`` given) attaches the checkpoint."""
+    import ray.train
+
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="fe-ckpt-") as directory:
+        torch.save(state, os.path.join(directory, STATE_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _maybe_fail(fault: dict[str, Any] | None, stage: int, epoch: int, rank: int) -> None:
+    """Test hook (``FRAMEEXIT_INJECT_FAULT``): raise after ``epoch``'s checkpoint, once if a
+    marker file is given, else always."""
+    if not fault or fault.get("stage") != stage or fault.get("epoch") != epoch or rank != 0:
+        return
+    marker = fault.get("marker")
+    if marker:
+        if os.path.exists(marker):
+            return
+        with open(marker, "w") as handle:
+            handle.write(f"stage {stage} epoch {epoch}\n")
+    raise RuntimeError(f"injected fault after stage {stage} epoch {epoch}")
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# --- the loops ------------------------------------------------------------------------
+
+
+def stage1_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker loop of stage 1 (``config``: ``cfg`` dict, optional ``fault``)."""
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    from frameexit.losses import set_stage
+    from frameexit.model import build_model
+
+    cfg = config_from_dict(config["cfg"])
+    stage, context = cfg.train.stage1, ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    set_stage(model, 1)
+    model = prepare_model(model)
+    device = get_device()
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), stage)
+    start, metrics = _restore(optimizer, unwrap(model).load_state_dict)
+    autocast = cfg.train.use_gpu and cfg.train.mixed_precision and device.type == "cuda"
+    shard = ray.train.get_dataset_shard("train")
+    target_dtype = torch.float32 if cfg.model.multi_label else torch.int64
+    dtypes = {"frames": torch.float32, "target": target_dtype}  # Ray wants every column
+    for epoch in range(start, stage.epochs):
+        set_lr(optimizer, epoch_lr(stage, epoch))
+        model.train()
+        began, loss_sum, correct, seen = time.perf_counter(), 0.0, 0.0, 0.0
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.data.batch_size, dtypes=dtypes, device=device
+        ):
+            frames, target = batch["frames"], batch["target"]
+            loss, last_logits = stage1_step(model, frames, target, cfg, autocast=autocast)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = frames.shape[0]
+            loss_sum += float(loss.detach()) * n
+            seen += n
+            if not cfg.model.multi_label:
+                correct += float((last_logits.argmax(-1) == target).sum())
+        loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
+        if seen == 0:
+            raise RuntimeError("stage 1: no training video could be decoded (see skipped/)")
+        metrics = {
+            "stage": 1,
+            "epoch": epoch + 1,
+            "resumed_from": start,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": loss_sum / max(seen, 1),
+            "train_top1_last_step": correct / max(seen, 1),
+            "videos": int(seen),
+            "seconds": time.perf_counter() - began,
+        }
+        if rank == 0:
+            _say(_progress(metrics, stage.epochs))
+        state = None
+        if rank == 0:
+            state = {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "metrics": metrics,
+            }
+        _report(metrics, state)
+        _maybe_fail(config.get("fault"), 1, epoch + 1, rank)
+    if start >= stage.epochs:  # resumed a finished run: report it again so fit() returns it
+        _report_finished(metrics, rank)
+
+
+def stage2_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker loop of stage 2 (``config``: ``cfg`` dict, ``stage1_uri``, ``fault``)."""
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    from frameexit.checkpoint import read_model_checkpoint
+    from frameexit.losses import set_stage
+    from frameexit.model import build_model
+
+    cfg = config_from_dict(config["cfg"])
+    stage, context = cfg.train.stage2, ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(cfg.train.seed)
+    weights, _, _ = read_model_checkpoint(
+        config["stage1_uri"], storage_options=config.get("storage_options") or None
+    )
+    cfg.model.pretrained = None
+    model = build_model(cfg.model)
+    model.load_state_dict(weights)
+    set_stage(model, 2)
+    head = prepare_model(GateHead(model))
+    device = get_device()
+    gates = unwrap(head).model.gates
+    optimizer = make_optimizer((p for p in gates.parameters() if p.requires_grad), stage)
+    start, metrics = _restore(optimizer, gates.load_state_dict)
+    shard = ray.train.get_dataset_shard("train")
+    beta = cfg.train.beta
+    for epoch in range(start, stage.epochs):
+        set_lr(optimizer, epoch_lr(stage, epoch))
+        head.train()
+        began = time.perf_counter()
+        loss_sum, positive, agree, seen, cells = 0.0, 0.0, 0.0, 0.0, 0.0
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.data.batch_size, dtypes=torch.float32, device=device
+        ):
+            loss, logits, labels = stage2_step(head, batch["features"], batch["step_losses"], beta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = labels.shape[0]
+            loss_sum += float(loss.detach()) * n
+            seen += n
+            cells += labels.numel()
+            positive += float(labels.sum())
+            agree += float(((logits.detach() >= 0).float() == labels).sum())
+        loss_sum, positive, agree, seen, cells = _all_reduce(
+            [loss_sum, positive, agree, seen, cells], device
+        )
+        metrics = {
+            "stage": 2,
+            "epoch": epoch + 1,
+            "resumed_from": start,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": loss_sum / max(seen, 1),
+            "pseudo_label_rate": positive / max(cells, 1),
+            "gate_agreement": agree / max(cells, 1),
+            "videos": int(seen),
+            "seconds": time.perf_counter() - began,
+        }
+        if rank == 0:
+            _say(_progress(metrics, stage.epochs))
+        state = None
+        if rank == 0:
+            state = {
+                "model": gates.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "metrics": metrics,
+            }
+        _report(metrics, state)
+        _maybe_fail(config.get("fault"), 2, epoch + 1, rank)
+    if start >= stage.epochs:
+        _report_finished(metrics, rank)
+
+
+def _report_finished(metrics: dict[str, Any], rank: int) -> None:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint() if rank == 0 else None
+    if checkpoint is None:
+        ray.train.report(dict(metrics))
+        return
+    with checkpoint.as_directory() as directory:
+        ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _say(line: str) -> None:
+    """One progress line on the worker's stdout (forwarded once to the driver; Ray Train's
+    patched ``print`` would log it twice)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _progress(metrics: dict[str, Any], epochs: int) -> str:
+    parts = [f"stage {metrics['stage']} epoch {metrics['epoch']}/{epochs}"]
+    for key, value in metrics.items():
+        if key not in ("stage", "epoch"):
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return "[frameexit] " + " ".join(parts)
+
+
+def read_state(checkpoint) -> dict[str, Any]:
+    """The ``state.pt`` dict of a Ray Train checkpoint written by these loops."""
+    with checkpoint.as_directory() as directory:
+        return torch.load(
+            os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True
+        )
