@@ -1,0 +1,103 @@
+"""Label a video corpus with FrameExit on Ray Data: early exit, exactly one row per video.
+
+Local (starts a Ray instance on this machine when no cluster is running)::
+
+    python pipelines/label.py --input data/corpus/manifest.parquet --output out/labels \\
+        --checkpoint runs/synthetic/checkpoints/stage2.pt
+    python pipelines/label.py --input videos/ --output out/labels-all --checkpoint ... --no-exit
+    python pipelines/label.py --input in.csv --output out/l --checkpoint ... --threshold 0.8 \\
+        label.batch_size=16 label.concurrency=2
+
+Against a running cluster (the script connects through RAY_ADDRESS)::
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python pipelines/label.py --input s3://BUCKET/corpus/manifest.csv \\
+        --output s3://BUCKET/labels/run1 --checkpoint s3://BUCKET/runs/x/checkpoints/stage2.pt
+
+Multi-node, one GPU per model actor (every node reads videos and writes parts through
+object storage; credentials from the environment or ``data.storage_options``)::
+
+    ray job submit --address http://HEAD:8265 -- python pipelines/label.py \\
+        --input s3://BUCKET/activitynet/videos/ --output s3://BUCKET/labels/anet \\
+        --checkpoint s3://BUCKET/runs/anet/checkpoints/stage2.pt \\
+        label.concurrency=16 label.gpus_per_actor=1 label.cpus_per_actor=6 label.batch_size=64
+
+``--input`` is a manifest (ActivityNet JSON, Kinetics/HVU CSV, a plain CSV with a
+``video`` column, Parquet) or a directory/prefix whose files are listed. Without
+``--checkpoint`` a randomly initialised model of the config labels (with a warning).
+``--no-exit`` runs all T frames; ``--threshold`` sets the exit threshold: label the same
+corpus both ways into two outputs to compare. Rerunning the same command after an
+interruption labels only what has no committed row. Output layout, row schema and the
+exactly-once argument: ``pipelines/labeling.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python pipelines/label.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from frameexit.errors import CheckpointError, ConfigError, ManifestError  # noqa: E402
+from pipelines.common import setup_logging  # noqa: E402
+from pipelines.labeling import format_summary, run_labeling  # noqa: E402
+
+log = logging.getLogger("frameexit.label")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="manifest URI, or a directory/prefix")
+    parser.add_argument("--output", required=True, help="output directory URI (Parquet parts)")
+    parser.add_argument("--checkpoint", help="model checkpoint URI (default: random init)")
+    parser.add_argument(
+        "--config", help="YAML config (label.*, data.*; model.* without a checkpoint)"
+    )
+    parser.add_argument("--classes", help="classes.json naming the model's outputs")
+    parser.add_argument("--no-exit", action="store_true", help="use all T frames (no early exit)")
+    parser.add_argument("--threshold", type=float, help="exit threshold (model.exit_threshold)")
+    parser.add_argument("--overwrite", action="store_true", help="clear the output first")
+    parser.add_argument("--decode-threads", type=int, help="decode threads per actor")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    setup_logging()
+    overrides = list(args.overrides)
+    if args.no_exit:
+        overrides.append("label.early_exit=false")
+    if args.threshold is not None:
+        overrides.append(f"model.exit_threshold={args.threshold}")
+    try:
+        summary = _run(args, overrides)
+    except (ConfigError, ManifestError, CheckpointError) as error:
+        log.error("%s", error)
+        raise SystemExit(2) from error
+    print(format_summary(summary), flush=True)
+    if not summary["complete"]:
+        raise SystemExit(1)
+    return summary
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> dict:
+    return run_labeling(
+        args.input,
+        args.output,
+        checkpoint=args.checkpoint,
+        config_file=args.config,
+        overrides=overrides,
+        classes_uri=args.classes,
+        overwrite=args.overwrite,
+        decode_threads=args.decode_threads,
+        progress=not args.no_progress,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
