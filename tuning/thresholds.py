@@ -1,0 +1,132 @@
+"""Post-hoc exit-threshold sweep: one trained model, a whole accuracy–GFLOPs curve.
+
+No training: the gates' probabilities and every step's classifier logits are computed
+once per validation video (from the stage-2 feature cache), then each threshold τ is
+replayed exactly as early-exit inference would run it::
+
+    per video:  gate_probs [T] ──► exit step e = first t with p_t >= τ (else T)
+                step_logits [T, K] ──► answer = logits[e]            ──► accuracy / mAP
+                step_gflops [T] ──► cost = step_gflops[0] + … + step_gflops[e-1] ──► GFLOPs
+
+τ = 0 exits every video at step 1; τ > 1 never exits early (the "w/o exit" point, all T
+steps). ``exit_steps`` is the single place this rule lives; it matches
+``FrameExit.early_exit`` (tested in ``tests/test_tuning_pareto.py`` where the model is
+available).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+# τ grid used when none is given: dense near the default 0.5, plus both extremes.
+DEFAULT_THRESHOLDS: tuple[float, ...] = (
+    0.0,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.99,
+    0.999,
+    1.01,  # never exits early: all T steps
+)
+
+
+def exit_steps(
+    gate_probs: torch.Tensor | np.ndarray,
+    threshold: float,
+    *,
+    first_step_exits: torch.Tensor | np.ndarray | None = None,
+) -> np.ndarray:
+    """1-based exit step per video: the first step whose gate probability is >= τ, else T.
+
+    Compared in float32 like ``FrameExit.exit_decision``. ``first_step_exits`` ([N] bool)
+    replaces step 1's decision where it does not depend on τ (the official variant's
+    confidence rule, ``max softmax(f_1) > first_step_threshold``).
+    """
+    probs = torch.as_tensor(np.asarray(gate_probs), dtype=torch.float32)
+    if probs.ndim != 2:
+        raise ValueError(f"gate_probs must be [N, T], got shape {tuple(probs.shape)}")
+    fired = (probs >= threshold).numpy().copy()
+    if first_step_exits is not None:
+        fired[:, 0] = np.asarray(first_step_exits, dtype=bool)
+    fired[:, -1] = True  # the last classifier answers when no gate fired
+    return fired.argmax(axis=1) + 1
+
+
+def cumulative_gflops(step_gflops: float | Sequence[float], num_steps: int) -> np.ndarray:
+    """Cost of a video that exits at step t (1..T), as an array indexed by t-1.
+
+    ``step_gflops`` is either one number (every step costs the same: backbone + pooling
+    + classifier + gate) or T per-step costs.
+    """
+    costs = np.asarray(step_gflops, dtype=np.float64)
+    if costs.ndim == 0:
+        costs = np.full(num_steps, float(costs))
+    if costs.shape != (num_steps,):
+        raise ValueError(f"step_gflops must be a number or {num_steps} numbers, got {costs.shape}")
+    return np.cumsum(costs)
+
+
+def threshold_sweep(
+    step_logits: torch.Tensor | np.ndarray,
+    gate_probs: torch.Tensor | np.ndarray,
+    targets: torch.Tensor | np.ndarray,
+    step_gflops: float | Sequence[float],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    *,
+    multi_label: bool = False,
+    first_step_exits: torch.Tensor | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Accuracy (top-1, or mAP when ``multi_label``) and mean GFLOPs per video per τ.
+
+    Args:
+        step_logits: ``[N, T, K]`` logits of every step's classifier.
+        gate_probs: ``[N, T]`` exit probabilities (sigmoid of the gate logits).
+        targets: ``[N]`` class ids, or ``[N, K]`` multi-hot when ``multi_label``.
+        step_gflops: cost of one step (or T per-step costs), see :func:`cumulative_gflops`.
+        thresholds: the τ values to replay.
+        first_step_exits: see :func:`exit_steps` (official variant).
+
+    Returns:
+        One row per τ: ``threshold, accuracy, metric ("top1"|"mAP"), gflops, mean_steps``.
+    """
+    from frameexit.metrics import mean_average_precision, top1_accuracy
+
+    logits = torch.as_tensor(np.asarray(step_logits), dtype=torch.float32)
+    if logits.ndim != 3:
+        raise ValueError(f"step_logits must be [N, T, K], got shape {tuple(logits.shape)}")
+    num_videos, num_steps, _ = logits.shape
+    probs = np.asarray(gate_probs, dtype=np.float32)
+    if probs.shape != (num_videos, num_steps):
+        raise ValueError(f"gate_probs must be [{num_videos}, {num_steps}], got {probs.shape}")
+    target = torch.as_tensor(np.asarray(targets))
+    cost_at = cumulative_gflops(step_gflops, num_steps)
+    rows = []
+    for tau in thresholds:
+        exit_step = exit_steps(probs, float(tau), first_step_exits=first_step_exits)
+        chosen = logits[torch.arange(num_videos), torch.as_tensor(exit_step - 1)]
+        if multi_label:
+            accuracy = mean_average_precision(torch.sigmoid(chosen), target.float())
+        else:
+            accuracy = top1_accuracy(torch.softmax(chosen, dim=-1), target.long())
+        rows.append(
+            {
+                "threshold": float(tau),
+                "accuracy": float(accuracy),
+                "metric": "mAP" if multi_label else "top1",
+                "gflops": float(cost_at[exit_step - 1].mean()),
+                "mean_steps": float(exit_step.mean()),
+            }
+        )
+    return pd.DataFrame(rows)
