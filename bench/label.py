@@ -22,7 +22,7 @@ same videos. Printed:
   server, which runs on the same cores, and ``open_video``'s exactness probe): the
   fairer bound for an S3-to-S3 pipeline on this machine.
 
-Without ``--checkpoint`` the model is random (tiny backbone); its gates are calibrated on
+Without ``--checkpoint`` the model is random (``--backbone``, default tiny); its gates are calibrated on
 a few videos so that about ``--exit-rate`` of the videos still running exit at each step
 (a random network's gates are otherwise near-constant and all videos exit together).
 GPU figures are not measured here (no GPU on this machine).
@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-frames", type=int, default=180)
     parser.add_argument("--steps", type=int, default=10, help="T")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument(
+        "--backbone",
+        default="tiny",
+        help="per-frame backbone of the random model (e.g. resnet18: more compute per frame)",
+    )
+    parser.add_argument("--feature-dim", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
@@ -168,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         overrides = [
             f"data.storage_options={json.dumps(options)}",
-            "model.backbone=tiny", "model.feature_dim=512", "model.num_classes=10",
+            f"model.backbone={args.backbone}", f"model.feature_dim={args.feature_dim}",
+            "model.num_classes=10",
             f"model.num_steps={args.steps}", f"model.image_size={args.image_size}",
             f"label.batch_size={args.batch_size}", f"label.concurrency={args.concurrency}",
             f"label.cpus_per_actor={args.cpus_per_actor}", "label.part_size=64",

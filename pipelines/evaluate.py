@@ -101,7 +101,7 @@ def _tensor_column(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) -
     values = column
     while isinstance(values.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
         values = values.flatten()
-    flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    flat = values.to_numpy(zero_copy_only=False).astype(np.float32)  # writable: torch shares it
     known = int(np.prod([d for d in shape if d != -1]))
     if rows and (flat.size % (rows * known) or (-1 not in shape and flat.size != rows * known)):
         raise ValueError(f"tensor column of {flat.size} values is not {rows} × {list(shape)}")
