@@ -103,9 +103,9 @@ def decode_ceiling(cfg, videos: list[bytes]) -> float:
 def end_to_end_single_process(cfg, uris: list[str], options: dict) -> float:
     """Single-process frames/s including what the pipeline must also do per video: GET
     from the (loopback) S3 server, open with ``frameexit.video.open_video`` (exactness
-    probe + decord), then the T policy frames one step at a time — no model, no Ray."""
+    probe + decord where exact), then the T policy frames one step at a time — no
+    model, no Ray."""
     from frameexit.video import open_video
-    from pipelines.labeling import _park_decord
 
     policy = get_policy(cfg.model.policy)
     frames = 0
@@ -114,7 +114,6 @@ def end_to_end_single_process(cfg, uris: list[str], options: dict) -> float:
         with open_video(uri, storage_options=options) as reader:
             for index in policy(reader.num_frames, cfg.model.num_steps):
                 reader.get([index])
-                _park_decord(reader)
                 frames += 1
     return frames / (time.perf_counter() - began)
 

@@ -78,8 +78,16 @@ class DataConfig:
     decode_concurrency: int = 2
     augment: bool = True
     decode_timeout_s: float = 60.0
+    # "auto": decord where its random access is exact for the file, PyAV's exact seek
+    # otherwise; "pyav": the exact PyAV path for every file; "decord": trust decord blindly
+    decode_backend: str = "auto"
 
     def validate(self, prefix: str = "data") -> None:
+        if self.decode_backend not in ("auto", "pyav", "decord"):
+            raise ConfigError(
+                f"{prefix}.decode_backend",
+                f"must be one of auto, pyav, decord; got {self.decode_backend!r}",
+            )
         _positive(prefix, "batch_size", self.batch_size)
         _positive(prefix, "decode_concurrency", self.decode_concurrency)
         if not self.decode_timeout_s > 0:

@@ -162,7 +162,9 @@ class DecodeVideos:
         options = (
             dict(d.storage_options) if "://" in uri and not uri.startswith("file://") else None
         )
-        with open_video(uri, storage_options=options, timeout_s=d.decode_timeout_s) as reader:
+        with open_video(
+            uri, storage_options=options, timeout_s=d.decode_timeout_s, backend=d.decode_backend
+        ) as reader:
             first, n = 0, int(reader.num_frames)
             if np.isfinite(start) or np.isfinite(end):
                 fps = float(reader.fps)

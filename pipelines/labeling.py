@@ -336,24 +336,6 @@ class _Video:
     error: VideoDecodeError | None = None
 
 
-def _park_decord(reader: Any) -> None:
-    """Stop decord decoding ahead in the background after a random-access read.
-
-    decord's threaded decoder keeps decoding the packets it was fed past the frame asked
-    for; with many readers open and read in turn (one frame per video per step), that
-    wasted work made interleaved reads 3-5x slower than reading one video at a time
-    (measured: 8 readers in turn, 80 vs 400 frames/s). A ``seek(0)`` after each read
-    clears its queue (cheap: no decoding) and restores the single-reader rate. Only
-    touches a decord reader, and does nothing if the reader's internals differ.
-    """
-    if getattr(reader, "backend", None) != "decord":
-        return
-    vr = getattr(getattr(reader, "_decoder", None), "_vr", None)
-    if vr is not None:
-        with contextlib.suppress(Exception):
-            vr.seek(0)
-
-
 def _as_decode_error(uri: str, error: BaseException) -> VideoDecodeError:
     if isinstance(error, VideoDecodeError):
         return error
@@ -378,7 +360,7 @@ class VideoLabeler:
         decode_threads: int = 2,
         device: str = "cpu",
         torch_threads: int | None = None,
-        backend: str = "auto",
+        backend: str | None = None,
     ) -> None:
         import torch
 
@@ -405,7 +387,7 @@ class VideoLabeler:
         self.mean, self.std = spec.mean, spec.std
         self.step_gflops = float(step_gflops)
         self.pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="fe-decode")
-        self.backend = backend
+        self.backend = backend or self.cfg.data.decode_backend
         s = m.image_size
         shape = (1, 3, m.clip_length, s, s) if m.clip_length > 1 else (1, 3, s, s)
         self.blank = torch.zeros(shape)
@@ -452,7 +434,6 @@ class VideoLabeler:
             else:
                 raw = v.reader.get([index])
             v.frames_decoded += m.clip_length
-            _park_decord(v.reader)
             return frames_to_tensor(raw, image_size=m.image_size, mean=self.mean, std=self.std)
         except Exception as error:  # noqa: BLE001 - a failure at step t > 1 is this video's
             v.error = _as_decode_error(v.video, error)
@@ -772,8 +753,8 @@ def ensure_ray(cfg: Config) -> None:
 
 
 def decode_threads_for(cfg: Config) -> int:
-    """Decode threads per actor: two per CPU it holds (decord releases the GIL, and a
-    thread waiting on storage leaves its core to another)."""
+    """Decode threads per actor: two per CPU it holds (decord and PyAV release the GIL,
+    and a thread waiting on storage leaves its core to another)."""
     return max(2, 2 * math.ceil(cfg.label.cpus_per_actor))
 
 

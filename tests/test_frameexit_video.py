@@ -15,6 +15,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from frameexit.errors import VideoDecodeError
 from frameexit.video import clip_indices, open_video, read_frames
+from frameexit.video.decord_backend import trust_decord
 from frameexit.video.pyav_backend import PyAVDecoder
 from frameexit.video.testing import CLIP_SPECS, decode_all, write_clip, write_spec_clip
 
@@ -89,19 +90,35 @@ def test_ranged_index_mode_is_exact(
             np.testing.assert_array_equal(video.get(order), ref[order])
 
 
+def _trust(path: str) -> str | None:
+    probe = PyAVDecoder(lambda: path, path)
+    try:
+        return trust_decord(probe)
+    finally:
+        probe.close()
+
+
 @pytest.mark.parametrize("name", DECORD_EXACT)
-def test_auto_uses_decord_where_it_is_exact(clip_dir: str, name: str) -> None:
-    with open_video(os.path.join(clip_dir, name)) as video:
+def test_auto_uses_decord_where_the_trust_rule_says_it_is_exact(
+    clip_dir: str, reference: dict[str, np.ndarray], name: str
+) -> None:
+    path = os.path.join(clip_dir, name)
+    assert _trust(path) is None
+    with open_video(path) as video:
         assert video.backend == "decord", video.fallback_reason
         assert video.fallback_reason is None
+    ref = reference[name]
+    with open_video(path, backend="decord") as video:
+        for i in orders(len(ref))["random"]:
+            np.testing.assert_array_equal(video.get([i])[0], ref[i], err_msg=f"{name} {i}")
 
 
 @pytest.mark.parametrize("name", DECORD_WRONG)
-def test_blind_decord_is_wrong_where_auto_falls_back(
+def test_blind_decord_is_wrong_where_the_trust_rule_says_so(
     clip_dir: str, reference: dict[str, np.ndarray], name: str
 ) -> None:
     """The measured decord failures (open GOP, AVI, MPEG-TS, WebM without cues) still
-    happen, and ``auto`` detects every one of them."""
+    happen, ``trust_decord`` detects every one it can open, and ``auto`` falls back."""
     path = os.path.join(clip_dir, name)
     ref = reference[name]
     with open_video(path) as video:
@@ -115,6 +132,46 @@ def test_blind_decord_is_wrong_where_auto_falls_back(
         assert exc.kind == "unreadable" and "decord" in exc.reason
     else:
         assert wrong, f"decord now reads {name} exactly; revisit trust_decord"
+        assert _trust(path)
+
+
+def test_pyav_opens_the_container_once_and_seeks_to_the_right_keyframe(
+    long_clip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-video cost of the exact path: the decoder that scanned the packet table decodes
+    (one ``av.open``, no decord), every step of a coarse-to-fine walk seeks instead of reopening,
+    and a seek lands on the frame's own keyframe, not one GOP early (B-frame delay: the
+    keyframe's dts is before its pts)."""
+    import av
+    import decord
+
+    opened = []
+    real_open = av.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[0])
+        return real_open(*args, **kwargs)
+
+    def no_decord(*args, **kwargs):
+        raise AssertionError("backend='pyav' must not open decord")
+
+    monkeypatch.setattr(av, "open", counting_open)
+    monkeypatch.setattr(decord, "VideoReader", no_decord)
+    ref = decode_all(long_clip)  # 300 frames, keyframes at most 40 apart, B-frames
+    with open_video(long_clip, backend="pyav") as video:
+        assert video.backend == "pyav"
+        fed = []
+        decoder = video._decoder
+        feed = decoder._feed
+        monkeypatch.setattr(decoder, "_feed", lambda: fed.append(1) or feed())
+        for index in [150, 0, 299, 75, 225, 37, 112, 187, 262, 18]:
+            fed.clear()
+            pts, key = decoder._target(index)  # its keyframe (decode order)
+            np.testing.assert_array_equal(video.get([index])[0], ref[index])
+            assert decoder._session_start == key, index
+            # packets from that keyframe to the frame, plus the decoder's reorder delay
+            assert len(fed) <= decoder._idx_of_pts[pts] - key + 8, (index, len(fed))
+    assert len(opened) == 2  # the reference decode and the reader
 
 
 def test_open_gop_detection_matches_the_clips(clip_dir: str) -> None:

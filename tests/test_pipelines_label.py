@@ -234,6 +234,15 @@ def test_labeler_without_exit_and_a_failure_at_a_later_step(mixed, tmp_path):
         np.testing.assert_allclose(row.scores, step_t[list(row.label_ids)].numpy(), rtol=1e-4)
     failed = rows.iloc[2]
     assert 1 <= failed["frames_decoded"] < T and "truncated" in failed["error"]
+    # data.decode_backend=pyav (exact PyAV path for every file): the same rows
+    cfg.data.decode_backend = "pyav"
+    exact = labeling.VideoLabeler(config_to_dict(cfg), model.state_dict(), [], step_gflops=1.0)
+    assert exact.backend == "pyav"
+    again = exact.label(batch).to_pandas()
+    assert list(again["status"]) == list(rows["status"])
+    assert list(again["label"][:2]) == list(rows["label"][:2])
+    for x, y in zip(again["scores"][:2], rows["scores"][:2], strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
 def test_parts_are_named_by_content_and_read_back_once(tmp_path):

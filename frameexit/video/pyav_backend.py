@@ -34,6 +34,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from frameexit.errors import VideoDecodeError
 
@@ -79,6 +80,7 @@ class PyAVDecoder:
         self._threads = threads
         self._cancel = cancel or threading.Event()
         self.container: Any = None
+        self._reformatter = VideoReformatter()
         self._open_container()
         vs = self.stream
         self.format_name: str = self.container.format.name
@@ -99,7 +101,9 @@ class PyAVDecoder:
         if self.container is not None:
             self.container.close()
             self.container = None
-        container = av.open(self._opener(), "r")
+        # one thread for the codec that find_stream_info opens: the default (one per core)
+        # starts and joins a thread pool per open, ~25 % of the open's CPU on small clips
+        container = av.open(self._opener(), "r", stream_options=[{"threads": "1"}])
         try:
             videos = container.streams.video
             if not videos:
@@ -301,33 +305,53 @@ class PyAVDecoder:
             return []  # a damaged packet: the decoder usually recovers at the next keyframe
 
     def _start_at(self, key_idx: int) -> None:
-        """Position the demuxer at keyframe ``key_idx`` or earlier (checked), fresh decoder."""
+        """Position the demuxer at keyframe ``key_idx`` or earlier (checked), fresh decoder.
+
+        The seek goes by the keyframe's pts first, then its dts: MP4's index is searched by
+        presentation time, where the dts (earlier by the B-frame delay) lands a whole GOP
+        early, i.e. twice the decoding. Where the demuxer really landed is checked by the
+        byte position of the first packet; a landing after ``key_idx`` is never used. The
+        first GOP is reached by a seek as well (reopening the container costs more than
+        the decoding it saves); if no seek lands right, or a frame was not found after a
+        seek, the container is reopened (``_get_one``'s last try).
+        """
         keys = self._keys
         k = bisect.bisect_right(keys, key_idx) - 1
-        while k > 0:
+        while k >= 0:
             key = keys[k]
-            ts = [t for t in (self._dts[key], self._pts[key]) if t is not None]
-            if ts and self._pos[key] >= 0:
-                try:
-                    self.container.seek(min(ts), backward=True, any_frame=False, stream=self.stream)
-                except av.error.FFmpegError:
-                    k -= 1
-                    continue
-                self.stream.codec_context.flush_buffers()
-                self._demux = self.container.demux(self.stream)
-                self._buffer.clear()
-                first = self._demux_one()
-                idx = self._idx_of_pos.get(first.pos) if first is not None else None
-                if idx is not None and idx <= key_idx and self._key[idx]:
-                    self._buffer.append(first)
-                    self._eof = False
-                    self._next_idx = self._session_start = idx
-                    self._last_out = None
-                    return
+            stamps = [t for t in (self._pts[key], self._dts[key]) if t is not None]
+            if self._pos[key] >= 0:
+                for ts in dict.fromkeys(stamps):
+                    if self._seek_lands(ts, key_idx):
+                        return
             k -= 1  # landed somewhere unexpected: try the keyframe before
-        self._open_container()  # from the very start: always right
+        self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        """Reopen the container and decode from its very first packet: always right."""
+        self._open_container()
         self._demux = self.container.demux(self.stream)
         self._next_idx = self._session_start = 0
+
+    def _seek_lands(self, ts: int, key_idx: int) -> bool:
+        """Seek to ``ts`` (backward, keyframes); True and ready to decode if the first packet
+        is a keyframe (or the very first packet) at or before decode index ``key_idx``."""
+        try:
+            self.container.seek(ts, backward=True, any_frame=False, stream=self.stream)
+        except av.error.FFmpegError:
+            return False
+        self.stream.codec_context.flush_buffers()
+        self._demux = self.container.demux(self.stream)
+        self._buffer.clear()
+        first = self._demux_one()
+        idx = self._idx_of_pos.get(first.pos) if first is not None else None
+        if idx is None or idx > key_idx or not (self._key[idx] or idx == 0):
+            return False
+        self._buffer.append(first)
+        self._eof = False
+        self._next_idx = self._session_start = idx
+        self._last_out = None
+        return True
 
     # ------------------------------------------------------------------ target resolution
 
@@ -436,8 +460,10 @@ class PyAVDecoder:
         k = self._keys.index(key)
         retries = list(dict.fromkeys([key, self._keys[k - 1] if k > 0 else 0, 0]))
         starts: list[int | None] = [None] if self._can_continue(p, key) else []
-        for start in starts + retries:  # None: go on decoding from where we are
-            if start is not None:
+        for n, start in enumerate(starts + retries):  # None: go on decoding from where we are
+            if start == 0 and n > 0:
+                self._start_fresh()  # the last resort after a failed try: a reopened file
+            elif start is not None:
                 self._start_at(start)
             frame = self._decode_to(p)
             if frame is not None:
@@ -458,7 +484,7 @@ class PyAVDecoder:
                     raise NeedOrdinal()  # output not in increasing pts: labels are unusable
                 self._last_out = fp
                 if fp == p:
-                    return frame.to_ndarray(format="rgb24")
+                    return self._rgb(frame)
                 if fp > p:
                     return None  # passed it: the seek or the decoder skipped the frame
             if self._eof and not frames:
@@ -476,7 +502,7 @@ class PyAVDecoder:
             for frame in frames:
                 self._ordinal += 1
                 if self._ordinal in want:
-                    out[self._ordinal] = frame.to_ndarray(format="rgb24")
+                    out[self._ordinal] = self._rgb(frame)
                     want.discard(self._ordinal)
             if self._eof and not frames:
                 break
@@ -486,6 +512,13 @@ class PyAVDecoder:
                 self.uri, kind, f"frames {sorted(want)} not produced by a sequential decode"
             )
         return out
+
+    def _rgb(self, frame: Any) -> np.ndarray:
+        """RGB24 ``[H, W, 3]`` of a decoded frame (the same pixels as
+        ``frame.to_ndarray(format="rgb24")``), through one reusable single-threaded
+        converter: ``to_ndarray`` builds a new swscale context with its own thread pool for
+        every frame, which costs more than decoding a small frame."""
+        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
     def close(self) -> None:
         if self.container is not None:
