@@ -142,13 +142,19 @@ class RunPaths:
 # --- Ray ------------------------------------------------------------------------------
 
 
-def ensure_ray(cfg: Config | None = None, *, object_store_mb: int | None = None) -> None:
+def ensure_ray(
+    cfg: Config | None = None,
+    *,
+    object_store_mb: int | None = None,
+    cpus_needed: float | None = None,
+) -> None:
     """Connect to Ray: the running cluster (``RAY_ADDRESS``, e.g. under ``ray job submit``)
     or, when there is none, a local instance sized for ``cfg``.
 
-    Locally we declare at least ``num_workers × cpus_per_worker + decode_concurrency``
-    logical CPUs: on a 2-core machine two Train workers would otherwise leave nothing for
-    the Ray Data decode tasks and the run would hang (RAY_NOTES.md).
+    Locally we declare at least ``cpus_needed`` (default: training's
+    ``num_workers × cpus_per_worker + decode_concurrency``) logical CPUs plus one: on a
+    2-core machine two Train workers would otherwise leave nothing for the Ray Data
+    decode tasks and the run would hang (RAY_NOTES.md).
     """
     import ray
 
@@ -159,8 +165,8 @@ def ensure_ray(cfg: Config | None = None, *, object_store_mb: int | None = None)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": dict(RAY_ENV)}, log_to_driver=True)
         return
-    need = 2.0
-    if cfg is not None:
+    need = 2.0 if cpus_needed is None else cpus_needed
+    if cfg is not None and cpus_needed is None:
         need = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.decode_concurrency
     num_cpus = max(os.cpu_count() or 1, int(need + 0.999) + 1)
     kwargs: dict[str, Any] = {}

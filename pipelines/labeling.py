@@ -66,6 +66,11 @@ import pyarrow.parquet as pq
 
 from frameexit.config import Config, config_to_dict, load_config
 from frameexit.errors import ConfigError, VideoDecodeError
+from pipelines.common import absolute_uri as normalize_uri
+from pipelines.common import filesystem as _fs
+from pipelines.common import is_remote
+from pipelines.common import join as join_uri
+from pipelines.common import storage_options as options_for
 
 log = logging.getLogger("frameexit.pipelines.label")
 
@@ -98,38 +103,6 @@ SUMMARY_NAME = "_summary.json"
 CONFIG_NAME = "_config.yaml"
 #: With a checkpoint the model comes from it; only these inference-time fields may change.
 MODEL_INFERENCE_FIELDS = ("exit_threshold", "first_step_threshold", "policy")
-
-
-# --------------------------------------------------------------------------- URIs
-
-
-def is_remote(uri: str) -> bool:
-    """True for ``scheme://`` URIs other than ``file://``."""
-    return "://" in uri and not uri.startswith("file://")
-
-
-def normalize_uri(uri: str) -> str:
-    """Local paths become absolute (Ray workers may run elsewhere); no trailing slash."""
-    if is_remote(uri):
-        return uri.rstrip("/")
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    return os.path.abspath(os.path.expanduser(uri))
-
-
-def join_uri(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
-
-
-def options_for(cfg: Config, uri: str) -> dict[str, Any]:
-    """``data.storage_options`` for remote URIs, none for local paths."""
-    return dict(cfg.data.storage_options) if is_remote(uri) else {}
-
-
-def _fs(uri: str, options: Mapping[str, Any] | None):
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri, **dict(options or {}))
 
 
 # --------------------------------------------------------------------------- inputs
@@ -729,26 +702,12 @@ def check_fingerprint(job: LabelJob, options: Mapping[str, Any], *, overwrite: b
 def ensure_ray(cfg: Config) -> None:
     """Connect to the running cluster (``RAY_ADDRESS``, ``ray job submit``) or start a local
     one with room for the actor pool plus the driver's small Ray Data tasks."""
-    import ray
+    from pipelines.common import ensure_ray as connect
 
-    from pipelines.common import RAY_ENV
-
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": dict(RAY_ENV)}, log_to_driver=True)
-        return
-    need = cfg.label.concurrency * cfg.label.cpus_per_actor
-    num_cpus = max(os.cpu_count() or 1, math.ceil(need) + 1)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=512 * 1024**2,
-        runtime_env={"env_vars": dict(RAY_ENV)},
-        log_to_driver=True,
+    connect(
+        cfg,
+        object_store_mb=512,
+        cpus_needed=cfg.label.concurrency * cfg.label.cpus_per_actor,
     )
 
 
