@@ -212,18 +212,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
             "videos": int(seen),
             "seconds": time.perf_counter() - began,
         }
-        if rank == 0:
-            _say(_progress(metrics, stage.epochs))
-        state = None
-        if rank == 0:
-            state = {
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "metrics": metrics,
-            }
-        _report(metrics, state)
-        _maybe_fail(config.get("fault"), 1, epoch + 1, rank)
+        _end_epoch(metrics, stage.epochs, unwrap(model), optimizer, rank, config.get("fault"))
     if start >= stage.epochs:  # resumed a finished run: report it again so fit() returns it
         _report_finished(metrics, rank)
 
@@ -287,20 +276,32 @@ def stage2_loop(config: dict[str, Any]) -> None:
             "videos": int(seen),
             "seconds": time.perf_counter() - began,
         }
-        if rank == 0:
-            _say(_progress(metrics, stage.epochs))
-        state = None
-        if rank == 0:
-            state = {
-                "model": gates.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "metrics": metrics,
-            }
-        _report(metrics, state)
-        _maybe_fail(config.get("fault"), 2, epoch + 1, rank)
+        _end_epoch(metrics, stage.epochs, gates, optimizer, rank, config.get("fault"))
     if start >= stage.epochs:
         _report_finished(metrics, rank)
+
+
+def _end_epoch(
+    metrics: dict[str, Any],
+    epochs: int,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int,
+    fault: Any,
+) -> None:
+    """Log the epoch, report it with rank 0's checkpoint (weights of ``module``, optimiser,
+    epoch, metrics), then fire the test fault hook if it targets this stage and epoch."""
+    state = None
+    if rank == 0:
+        _say(_progress(metrics, epochs))
+        state = {
+            "model": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": metrics["epoch"],
+            "metrics": metrics,
+        }
+    _report(metrics, state)
+    _maybe_fail(fault, metrics["stage"], metrics["epoch"], rank)
 
 
 def _report_finished(metrics: dict[str, Any], rank: int) -> None:
