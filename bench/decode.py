@@ -40,9 +40,10 @@ import av  # noqa: E402  (PyAV before decord: see frameexit.video)
 import numpy as np  # noqa: E402
 
 from frameexit.policy import coarse_to_fine  # noqa: E402
-from frameexit.storage import start_loopback_s3, upload_dir  # noqa: E402
+from frameexit.storage import upload_dir  # noqa: E402
+from frameexit.testing.clips import decode_all, write_clip  # noqa: E402
+from frameexit.testing.s3 import start_loopback_s3  # noqa: E402
 from frameexit.video import open_video  # noqa: E402
-from frameexit.video.testing import decode_all, write_clip  # noqa: E402
 
 STEPS = 10
 

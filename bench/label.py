@@ -6,7 +6,7 @@
     .venv/bin/python bench/label.py --videos 200 --checkpoint runs/x/checkpoints/stage2.pt
 
 In one run: start a loopback S3 server (moto), generate a synthetic corpus into it,
-then label the corpus from S3 to S3 twice with ``pipelines.labeling.run_labeling`` — with
+then label the corpus from S3 to S3 twice with the labeling job (``pipelines/label.py``) — with
 early exit and with all T frames — and measure single-process decord random access on the
 same videos. Printed:
 
@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import fsspec
 
-    from frameexit.storage import start_loopback_s3
+    import pipelines.label  # the entry point under test
     from frameexit.synthetic import generate_corpus
-    from pipelines.labeling import ensure_ray, format_summary, run_labeling
+    from frameexit.testing.s3 import start_loopback_s3
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     s3 = start_loopback_s3()
@@ -186,16 +186,18 @@ def main(argv: list[str] | None = None) -> dict:
             build_checkpoint(args, cfg, videos, checkpoint, options)
         label_overrides = [o for o in overrides if not o.startswith("model.")]
 
-        before = decode_ceiling(cfg, videos)  # measured before and after the pipeline runs;
-        ensure_ray(cfg)  # the higher (stricter) figure is the ceiling
+        # measured before and after the pipeline runs; the higher (stricter) is the ceiling
+        before = decode_ceiling(cfg, videos)
         results = {}
-        for mode, extra in (("all T", ["label.early_exit=false"]), ("early exit", [])):
-            summary = run_labeling(
-                manifest, f"{bucket}/labels-{'all' if extra else 'exit'}",
-                checkpoint=checkpoint, overrides=label_overrides + extra,
-                overwrite=True, decode_threads=args.decode_threads, progress=False,
+        for mode, extra in (("all T", ["--no-exit"]), ("early exit", [])):
+            threads = ["--decode-threads", str(args.decode_threads)] if args.decode_threads else []
+            summary = pipelines.label.main(
+                [
+                    "--input", manifest, "--output", f"{bucket}/labels-{'all' if extra else 'exit'}",
+                    "--checkpoint", checkpoint, "--overwrite", "--no-progress",
+                    *threads, *extra, *label_overrides,
+                ]
             )  # fmt: skip
-            print(format_summary(summary), flush=True)
             results[mode] = summary["run"]
 
         after = decode_ceiling(cfg, videos)

@@ -4,7 +4,7 @@
     python bench/method.py --videos 600 --epochs 12      # quicker, noisier
 
 Plain PyTorch in one process (the method, not Ray, is under test here), with the same
-step functions as the Ray Train loops (pipelines/loops.py). What it does::
+step functions as the Ray Train loops (frameexit.training). What it does::
 
     generate_corpus (once) ─► decode the frames each policy visits (once, cached .npz)
     stage 1  coarse-to-fine + max pooling    ─► FrameExit model M
@@ -37,14 +37,14 @@ import torch
 from torch import nn
 
 from frameexit.config import ModelConfig, StageConfig
+from frameexit.exits import exit_steps
 from frameexit.flops import step_gflops
 from frameexit.losses import per_step_losses, set_stage
 from frameexit.model import build_model
 from frameexit.policy import coarse_to_fine, sequential, uniform
 from frameexit.synthetic import generate_corpus
+from frameexit.training import GateHead, epoch_lr, make_optimizer, set_lr, stage1_step, stage2_step
 from frameexit.transforms import frames_to_tensor
-from pipelines.loops import GateHead, epoch_lr, make_optimizer, set_lr, stage1_step, stage2_step
-from tuning.thresholds import exit_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -253,8 +253,8 @@ def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
 
 @torch.no_grad()
 def frameexit_row(name: str, model, z, logits, labels, cost: float) -> tuple[Row, np.ndarray]:
-    probs = torch.sigmoid(model.gate_logits_from_pooled(z).float())
-    steps = exit_steps(probs, model.cfg.exit_threshold)
+    _, probs, first = model.step_outputs(z)
+    steps = exit_steps(probs, model.cfg.exit_threshold, first_step_exits=first)
     chosen = logits[torch.arange(len(z)), torch.as_tensor(steps - 1)]
     return Row(
         name, accuracy(chosen, labels), float(steps.mean()), float(steps.mean() * cost)

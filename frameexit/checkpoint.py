@@ -8,15 +8,20 @@ a user did not write is ever unpickled. A ``.safetensors`` URI stores the same c
 
 from __future__ import annotations
 
+import copy
 import io
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import fsspec
 import torch
 
-from frameexit.config import Config, config_from_dict, config_to_dict
+from frameexit.config import Config, ModelConfig, config_from_dict, config_to_dict
 from frameexit.errors import CheckpointError
+from frameexit.storage import read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    from frameexit.model import FrameExit
 
 FORMAT = "frameexit-checkpoint-v1"
 
@@ -47,7 +52,7 @@ def save_model_checkpoint(
             buffer,
         )
         payload = buffer.getvalue()
-    _atomic_write(uri, payload, storage_options)
+    write_bytes(uri, payload, storage_options=storage_options)
 
 
 def read_model_checkpoint(
@@ -55,8 +60,7 @@ def read_model_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:
     """Read ``(state_dict, config, extra)`` from a checkpoint written by this module."""
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
-            payload = handle.read()
+        payload = read_bytes(uri, storage_options=storage_options)
     except FileNotFoundError as error:
         raise CheckpointError(f"{uri}: checkpoint not found") from error
     if uri.endswith(".safetensors"):
@@ -78,33 +82,40 @@ def read_model_checkpoint(
     return blob["model"], config_from_dict(blob["config"]), dict(blob.get("extra") or {})
 
 
+def model_from_state(
+    model_cfg: ModelConfig, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint"
+) -> FrameExit:
+    """The network ``model_cfg`` describes with the weights ``state``, loaded strictly.
+
+    The config is copied and its ``pretrained`` dropped (the state holds the weights, so
+    nothing is downloaded or read twice). A state that does not fit raises
+    :class:`CheckpointError` naming ``source`` and the first mismatching keys.
+    """
+    from frameexit.model import build_model
+
+    cfg = copy.deepcopy(model_cfg)
+    cfg.pretrained = None
+    model = build_model(cfg)
+    try:
+        result = model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise CheckpointError(f"{source}: does not fit the model of its config: {error}") from error
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: does not match the model of its config; missing "
+            f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
+        )
+    return model
+
+
 def load_model_checkpoint(
     uri: str, *, storage_options: dict[str, Any] | None = None, device: str = "cpu"
 ) -> tuple[torch.nn.Module, Config]:
     """Build the model its config describes and load its weights strictly."""
-    from frameexit.model import build_model
-
     state, cfg, _ = read_model_checkpoint(uri, storage_options=storage_options)
     cfg.model.pretrained = None  # the checkpoint already holds the weights
-    model = build_model(cfg.model)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{uri}: does not match the model of its config; missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
+    model = model_from_state(cfg.model, state, source=uri)
     return model.to(device).eval(), cfg
-
-
-def _atomic_write(uri: str, payload: bytes, storage_options: dict[str, Any] | None) -> None:
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    temp = f"{path}.tmp-{torch.randint(0, 2**31, ()).item()}"
-    with fs.open(temp, "wb") as handle:
-        handle.write(payload)
-    fs.mv(temp, path)
 
 
 def _safetensors_metadata(payload: bytes) -> dict[str, str]:

@@ -20,9 +20,7 @@ import yaml
 
 from frameexit.errors import ConfigError
 
-POOLINGS = ("max", "mean", "lstm", "attention")
 VARIANTS = ("paper", "official")
-POLICY_NAMES = ("coarse_to_fine", "sequential", "uniform", "random", "official")
 
 
 @dataclass
@@ -38,29 +36,44 @@ class ModelConfig:
     gate_hidden: int = 64
     variant: str = "paper"  # "paper" or "official" (the authors' released code)
     multi_label: bool = False
-    image_size: int = 112
-    clip_length: int = 1  # frames per step; 13 for x3d_s
+    image_size: int | None = None  # None: the backbone's own (112 tiny, 224, 160 x3d_s)
+    clip_length: int | None = None  # frames per step; None: the backbone's own (13 x3d_s)
     policy: str = "coarse_to_fine"
     exit_threshold: float = 0.5
     first_step_threshold: float = 0.99  # official variant: step-1 exit on top softmax score
 
     def validate(self, prefix: str = "model") -> None:
-        from frameexit.backbones import list_backbones
+        """Check every field against the registries (names) and the backbone's spec;
+        fill ``image_size`` / ``clip_length`` left empty from the spec."""
+        from frameexit.backbones import backbone_spec, list_backbones
+        from frameexit.policy import list_policies
+        from frameexit.pooling import list_poolings
 
         if self.backbone not in list_backbones():
             raise ConfigError(
                 f"{prefix}.backbone",
                 f"unknown backbone {self.backbone!r}; registered: {', '.join(list_backbones())}",
             )
+        spec = backbone_spec(self.backbone)
+        if self.image_size is None:
+            self.image_size = spec.default_image_size
+        if self.clip_length is None:
+            self.clip_length = spec.clip_length
         _positive(prefix, "feature_dim", self.feature_dim)
         _positive(prefix, "num_classes", self.num_classes)
         _positive(prefix, "num_steps", self.num_steps)
         _positive(prefix, "gate_hidden", self.gate_hidden)
         _positive(prefix, "image_size", self.image_size)
         _positive(prefix, "clip_length", self.clip_length)
-        _choice(prefix, "pooling", self.pooling, POOLINGS)
+        if not spec.is_3d and self.clip_length != 1:
+            raise ConfigError(
+                f"{prefix}.clip_length",
+                f"backbone {self.backbone!r} is 2D (one frame per step): clip_length must be 1, "
+                f"got {self.clip_length}; clips need a 3D backbone (x3d_s)",
+            )
+        _choice(prefix, "pooling", self.pooling, list_poolings())
         _choice(prefix, "variant", self.variant, VARIANTS)
-        _choice(prefix, "policy", self.policy, POLICY_NAMES)
+        _choice(prefix, "policy", self.policy, list_policies())
         _unit_interval(prefix, "exit_threshold", self.exit_threshold, allow_above=True)
         _unit_interval(prefix, "first_step_threshold", self.first_step_threshold)
 

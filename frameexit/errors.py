@@ -66,3 +66,30 @@ class ManifestError(FrameExitError):
 
 class CheckpointError(FrameExitError):
     """A checkpoint cannot be loaded into the model (missing/unexpected keys, shapes)."""
+
+    @classmethod
+    def mismatch(
+        cls,
+        what: str,
+        *,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[str],
+        limit: int = 10,
+    ) -> CheckpointError | None:
+        """The error for a state_dict that does not fit (``what`` says which, e.g. "x.pt:
+        does not fit the backbone trunk"), listing up to ``limit`` keys of each kind; None
+        when everything fits."""
+
+        def listing(keys: list[str]) -> str:
+            shown = ", ".join(keys[:limit])
+            return shown + (f", … ({len(keys)} in all)" if len(keys) > limit else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {listing(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches (file vs model): {listing(mismatched)}")
+        return cls(f"{what}; " + "; ".join(parts)) if parts else None

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from frameexit.sampling import step_input_shape
+
 
 def count_gflops(fn: Any, *args: Any, **kwargs: Any) -> float:
     """GFLOPs (MACs × 1e-9) of ``fn(*args, **kwargs)``, counted with FlopCounterMode."""
@@ -36,9 +38,7 @@ def count_gflops(fn: Any, *args: Any, **kwargs: Any) -> float:
 
 
 def _dummy_input(image_size: int, clip_length: int, **kwargs: Any) -> Tensor:
-    if clip_length > 1:
-        return torch.zeros(1, 3, clip_length, image_size, image_size, **kwargs)
-    return torch.zeros(1, 3, image_size, image_size, **kwargs)
+    return torch.zeros(step_input_shape(image_size, clip_length), **kwargs)
 
 
 @functools.lru_cache(maxsize=128)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frameexit.config import ModelConfig
+from frameexit.exits import exit_probabilities, gate_fires
 from frameexit.pooling import build_pooling
 
 FrameSource = Callable[[int, Tensor], Tensor]
@@ -265,7 +266,23 @@ class FrameExit(nn.Module):
         """Boolean ``[B]``: does gate g_{t+1} (0-based ``t``) fire for each video?"""
         if t == 0 and isinstance(self.gates[0], ConfidenceGate):
             return self.gates[0].exits(logits_t)
-        return torch.sigmoid(self.gates[t](z_t, z_prev).float()) >= threshold
+        return gate_fires(exit_probabilities(self.gates[t](z_t, z_prev)), threshold)
+
+    @torch.no_grad()
+    def step_outputs(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Every step's outputs from pooled features ``z [N, T, D]`` (e.g. a feature cache):
+        ``(logits [N, T, K], exit probabilities [N, T], first_step_exits [N] or None)``.
+
+        ``first_step_exits`` is the official variant's step-1 confidence rule (it does not
+        depend on the exit threshold); None for the paper variant. With
+        :func:`frameexit.exits.exit_steps` this replays ``early_exit`` for any threshold.
+        """
+        self.eval()
+        logits = self._classify(z)
+        probs = exit_probabilities(self.gate_logits_from_pooled(z))
+        first = self.gates[0]
+        first_exits = first.exits(logits[:, 0]) if isinstance(first, ConfidenceGate) else None
+        return logits, probs, first_exits
 
     @torch.no_grad()
     def early_exit(

@@ -178,15 +178,14 @@ def convert_official_state_dict(
     missing = [
         key for key in target if key not in converted and not key.endswith("num_batches_tracked")
     ]
-    if unexpected or missing or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
-        raise CheckpointError("official checkpoint does not fit the model: " + "; ".join(parts))
+    error = CheckpointError.mismatch(
+        "official checkpoint does not fit the model",
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )
+    if error is not None:
+        raise error
     return converted
 
 

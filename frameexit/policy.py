@@ -11,7 +11,11 @@ Every policy here maps ``(num_frames, num_steps)`` to exactly ``num_steps`` vali
 frame indices, one per step t = 1..T, for any ``num_frames >= 1``; short videos
 (``num_frames < num_steps``) revisit frames (each policy's docstring says how).
 Baselines for the paper's ablations: sequential, uniform-K and random; ``official``
-reproduces the authors' released evaluation code.
+reproduces the authors' released evaluation code. A new policy is one decorated function
+(its name is then valid in ``model.policy``)::
+
+    @register_policy("reverse")
+    def reverse(num_frames: int, num_steps: int) -> list[int]: ...
 """
 
 from __future__ import annotations
@@ -21,7 +25,29 @@ from collections.abc import Callable, Iterator
 
 Policy = Callable[[int, int], list[int]]
 
-POLICIES: tuple[str, ...] = ("coarse_to_fine", "sequential", "uniform", "random", "official")
+_REGISTRY: dict[str, Policy] = {}
+
+
+def register_policy(name: str, *, overwrite: bool = False) -> Callable[[Policy], Policy]:
+    """Decorator: make ``f(num_frames, num_steps) -> indices`` usable as ``model.policy``.
+
+    ``f`` must return exactly ``num_steps`` valid 0-based indices for any
+    ``num_frames >= 1``. Re-registering a name raises ``ValueError`` unless ``overwrite``.
+    """
+
+    def decorator(fn: Policy) -> Policy:
+        if name in _REGISTRY and not overwrite:
+            raise ValueError(f"policy {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_policies() -> list[str]:
+    """Registered policy names, in registration order (``coarse_to_fine`` first)."""
+    return list(_REGISTRY)
+
 
 # The visiting order hard-coded in the authors' inference code for T = 10 pre-sampled frames.
 OFFICIAL_ORDER_T10: tuple[int, ...] = (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)
@@ -58,6 +84,7 @@ def _algorithm1(num_frames: int) -> Iterator[int]:
         q *= 2
 
 
+@register_policy("coarse_to_fine")
 def coarse_to_fine(num_frames: int, num_steps: int) -> list[int]:
     """FrameExit's policy π (Algorithm 1), 0-based: the first ``num_steps`` entries of S.
 
@@ -77,12 +104,14 @@ def coarse_to_fine(num_frames: int, num_steps: int) -> list[int]:
     return [order[i % len(order)] for i in range(num_steps)]
 
 
+@register_policy("sequential")
 def sequential(num_frames: int, num_steps: int) -> list[int]:
     """Frames 0, 1, 2, … in temporal order (ablation baseline); short videos cycle."""
     _check(num_frames, num_steps)
     return [i % num_frames for i in range(num_steps)]
 
 
+@register_policy("uniform")
 def uniform(num_frames: int, num_steps: int) -> list[int]:
     """Uniform-K: the centres of K = num_steps equal segments, in temporal order.
 
@@ -93,6 +122,7 @@ def uniform(num_frames: int, num_steps: int) -> list[int]:
     return [((2 * i + 1) * num_frames) // (2 * num_steps) for i in range(num_steps)]
 
 
+@register_policy("random")
 def random_policy(num_frames: int, num_steps: int, seed: int = 0) -> list[int]:
     """Distinct frames in a random order, reproducible from ``seed`` (ablation baseline).
 
@@ -117,6 +147,7 @@ def official_presample(num_frames: int, num_steps: int) -> list[int]:
     return [min((i * num_frames) // (num_steps - 1), num_frames - 1) for i in range(num_steps)]
 
 
+@register_policy("official")
 def official_order(num_frames: int, num_steps: int) -> list[int]:
     """The authors' released policy: T frames pre-sampled uniformly, visited in a fixed order.
 
@@ -130,18 +161,11 @@ def official_order(num_frames: int, num_steps: int) -> list[int]:
     return [slots[j] for j in order]
 
 
-_REGISTRY: dict[str, Policy] = {
-    "coarse_to_fine": coarse_to_fine,
-    "sequential": sequential,
-    "uniform": uniform,
-    "random": random_policy,
-    "official": official_order,
-}
-
-
 def get_policy(name: str) -> Policy:
-    """The policy called ``name`` (one of :data:`POLICIES`) as ``f(num_frames, num_steps)``."""
+    """The policy called ``name`` (see :func:`list_policies`) as ``f(num_frames, num_steps)``."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}") from None
+        raise ValueError(
+            f"unknown policy {name!r}; choose one of {', '.join(list_policies())}"
+        ) from None

@@ -10,19 +10,52 @@ Two ways to run the same operator:
 The incremental result equals ``forward`` (tested for every operator). Operators: ``max``
 (the paper's default), ``mean`` (the paper's choice for HVU), ``lstm`` and ``attention``
 (causal self-attention over the frame features seen so far, with a key/value cache).
+A new operator is one decorated class (its name is then valid in ``model.pooling``)::
+
+    @register_pooling("min")
+    class MinPooling(AccumulatedPooling):
+        def forward(self, x): ...
+        def _step(self, state, x_t): ...
 """
 
 from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-POOLINGS: tuple[str, ...] = ("max", "mean", "lstm", "attention")
+_REGISTRY: dict[str, type[AccumulatedPooling]] = {}
+
+
+def register_pooling(
+    name: str, *, overwrite: bool = False
+) -> Callable[[type[AccumulatedPooling]], type[AccumulatedPooling]]:
+    """Class decorator: make a pooling operator buildable as ``model.pooling: name``.
+
+    The class must subclass :class:`AccumulatedPooling` and take ``dim`` as its only
+    required argument. Re-registering a name raises ``ValueError`` unless ``overwrite``.
+    """
+
+    def decorator(cls: type[AccumulatedPooling]) -> type[AccumulatedPooling]:
+        if not (isinstance(cls, type) and issubclass(cls, AccumulatedPooling)):
+            raise TypeError(f"pooling {name!r}: {cls!r} is not an AccumulatedPooling")
+        if name in _REGISTRY and not overwrite:
+            raise ValueError(f"pooling {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_poolings() -> list[str]:
+    """Registered pooling names, in registration order (``max`` first: the default)."""
+    return list(_REGISTRY)
 
 
 @dataclass
@@ -90,10 +123,9 @@ class AccumulatedPooling(nn.Module, abc.ABC):
         return f"dim={self.dim}"
 
 
+@register_pooling("max")
 class MaxPooling(AccumulatedPooling):
     """z_t = max(z_{t-1}, x_t) elementwise (the paper's default)."""
-
-    name = "max"
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_sequence(x)
@@ -105,10 +137,9 @@ class MaxPooling(AccumulatedPooling):
         return z_t, {"max": z_t}
 
 
+@register_pooling("mean")
 class MeanPooling(AccumulatedPooling):
     """z_t = (x_1 + … + x_t) / t (the paper's choice for HVU)."""
-
-    name = "mean"
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_sequence(x)
@@ -121,10 +152,9 @@ class MeanPooling(AccumulatedPooling):
         return total / (state.t + 1), {"sum": total}
 
 
+@register_pooling("lstm")
 class LSTMPooling(AccumulatedPooling):
     """z_t = h_t of an LSTM cell (hidden size D) run over x_1..x_t."""
-
-    name = "lstm"
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
@@ -145,14 +175,13 @@ class LSTMPooling(AccumulatedPooling):
         return h, {"h": h, "c": c}
 
 
+@register_pooling("attention")
 class AttentionPooling(AccumulatedPooling):
     """Causal multi-head self-attention: z_t = x_t + W_o · Attn(q_t, K_{1..t}, V_{1..t}).
 
     Step t attends from the new frame to every frame seen so far; keys and values of past
     frames are cached in the state, so a step costs one new key/value, not t.
     """
-
-    name = "attention"
 
     def __init__(self, dim: int, num_heads: int | None = None) -> None:
         super().__init__(dim)
@@ -196,18 +225,12 @@ class AttentionPooling(AccumulatedPooling):
         return z_t, {"k": k, "v": v}
 
 
-_POOLING_CLASSES: dict[str, type[AccumulatedPooling]] = {
-    "max": MaxPooling,
-    "mean": MeanPooling,
-    "lstm": LSTMPooling,
-    "attention": AttentionPooling,
-}
-
-
 def build_pooling(name: str, dim: int) -> AccumulatedPooling:
-    """The pooling operator Ψ called ``name`` (one of :data:`POOLINGS`) over ``dim`` features."""
+    """The pooling operator Ψ called ``name`` (see :func:`list_poolings`) over ``dim`` features."""
     try:
-        cls = _POOLING_CLASSES[name]
+        cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}") from None
+        raise ValueError(
+            f"unknown pooling {name!r}; choose one of {', '.join(list_poolings())}"
+        ) from None
     return cls(dim)

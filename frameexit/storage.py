@@ -1,31 +1,38 @@
-"""Storage helpers: one way to open, list, test and atomically write any fsspec URI.
+"""Storage: the one home of URIs, filesystems, atomic writes and credential redaction.
 
-A URI is a local path, ``file://...``, ``s3://bucket/key`` or any other fsspec protocol.
-``storage_options`` are passed to the filesystem (for s3fs: ``key``, ``secret``,
-``endpoint_url``, ``client_kwargs``, ...). When they are omitted, s3fs/botocore take
-endpoint and credentials from the standard places: ``AWS_ACCESS_KEY_ID`` /
+A URI is a local path, ``file://...``, ``s3://bucket/key`` or any other fsspec protocol;
+every helper here treats a plain path and ``file://`` alike (*local*) and everything else
+as *remote*. ``storage_options`` are passed to the filesystem (for s3fs: ``key``,
+``secret``, ``endpoint_url``, ``client_kwargs``, ...). When they are omitted, s3fs/botocore
+take endpoint and credentials from the standard places: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL_S3`` /
-``AWS_ENDPOINT_URL``, ``AWS_PROFILE`` and ``~/.aws/{config,credentials}``. Nothing here
-logs or repr()s storage options, so credentials never reach logs.
+``AWS_ENDPOINT_URL``, ``AWS_PROFILE`` and ``~/.aws/{config,credentials}``.
 
-``start_loopback_s3()`` starts a throwaway S3-compatible server (moto) on 127.0.0.1 for
-demos, benchmarks and tests.
+::
+
+    names     is_local · is_remote · local_path · absolute_uri · join_uri · parent_uri
+    access    url_to_fs · pyarrow_filesystem · options_for · open_uri · read_bytes · exists
+              list_files · makedirs · remove
+    writes    atomic_write · write_bytes · write_text · write_parquet · upload_dir (readers
+              never see a half-written file; files get the usual 0644-under-umask mode)
+    reads     read_parquet
+    secrets   redact (a config/options copy without credentials) · scrub (a text without
+              the secret values of some options)
+
+Nothing here logs or repr()s storage options; everything that writes a config or an
+options dict anywhere (files, logs, Ray task arguments that end up in logs) passes it
+through :func:`redact` first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
+import re
 import tempfile
-import time
-import urllib.error
-import urllib.request
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 import fsspec
@@ -33,21 +40,95 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 __all__ = [
-    "LoopbackS3",
+    "REDACTED",
+    "absolute_uri",
     "atomic_write",
     "exists",
     "is_local",
+    "is_remote",
+    "is_secret_key",
     "join_uri",
     "list_files",
+    "local_path",
+    "makedirs",
     "open_uri",
+    "options_for",
+    "parent_uri",
+    "pyarrow_filesystem",
     "read_bytes",
-    "start_loopback_s3",
+    "read_parquet",
+    "redact",
+    "remove",
+    "scrub",
+    "secret_values",
     "upload_dir",
     "url_to_fs",
     "write_bytes",
+    "write_parquet",
+    "write_text",
 ]
 
 _LOCAL_PROTOCOLS = ("file", "local")
+
+# --------------------------------------------------------------------------- names
+
+
+def is_local(uri: str) -> bool:
+    """True for plain paths and ``file://`` (or ``local://``) URIs."""
+    uri = str(uri)
+    if "://" not in uri:
+        return True
+    return uri.split("://", 1)[0] in _LOCAL_PROTOCOLS
+
+
+def is_remote(uri: str) -> bool:
+    """True for every ``scheme://`` URI that is not local (``s3://``, ``gs://``, ...)."""
+    return not is_local(uri)
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI (``file://`` stripped, ``~`` expanded)."""
+    uri = str(uri)
+    if "://" in uri:
+        if not is_local(uri):
+            raise ValueError(f"{uri} is not a local path")
+        uri = uri.split("://", 1)[1]
+    return os.path.expanduser(uri)
+
+
+def absolute_uri(uri: str) -> str:
+    """The canonical spelling of a URI: local ones become absolute, normalised paths
+    (``file:///x/a.mp4`` and ``/x/./a.mp4`` are the same file), remote ones lose a
+    trailing ``/``. Ray workers may run in another directory, so every URI that crosses
+    into a worker goes through here first."""
+    uri = str(uri)
+    if is_remote(uri):
+        return uri.rstrip("/")
+    return os.path.abspath(local_path(uri))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path segments onto a URI with ``/`` (the same for local paths and ``s3://``);
+    leading and trailing ``/`` of each part are dropped, empty parts are skipped."""
+    out = str(base)
+    for part in parts:
+        piece = str(part).strip("/")
+        if piece:
+            out = f"{out.rstrip('/')}/{piece}" if out else piece
+    return out
+
+
+def parent_uri(uri: str) -> str:
+    """The folder holding ``uri`` (for local URIs, an absolute path)."""
+    uri = str(uri)
+    if is_local(uri):
+        return os.path.dirname(absolute_uri(uri))
+    scheme, rest = uri.split("://", 1)
+    rest = rest.rstrip("/")
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}" if "/" in rest else f"{scheme}://{rest}"
+
+
+# --------------------------------------------------------------------------- access
 
 
 def url_to_fs(
@@ -57,12 +138,25 @@ def url_to_fs(
     return fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
 
 
-def is_local(uri: str) -> bool:
-    """True for plain paths and ``file://`` URIs."""
-    uri = str(uri)
-    if "://" not in uri:
-        return True
-    return uri.split("://", 1)[0] in _LOCAL_PROTOCOLS
+def options_for(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The storage options that apply to ``uri``: all of them for a remote URI, none for
+    a local one (local filesystems take no credentials)."""
+    return dict(storage_options or {}) if is_remote(uri) else {}
+
+
+def pyarrow_filesystem(
+    uri: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[Any, str]:
+    """``(pyarrow filesystem or None, path)`` for Ray Train storage and Ray Data / pyarrow
+    I/O. Local URIs need none (``None``, absolute path). Remote URIs are served by their
+    fsspec filesystem wrapped for pyarrow, so exactly the credentials and endpoint that
+    ``storage_options`` give fsspec are used (and the object pickles to Ray workers)."""
+    if is_local(uri):
+        return None, absolute_uri(uri)
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = url_to_fs(uri, storage_options)
+    return PyFileSystem(FSSpecHandler(fs)), path
 
 
 def _unstrip(fs: AbstractFileSystem, path: str, like: str) -> str:
@@ -70,17 +164,6 @@ def _unstrip(fs: AbstractFileSystem, path: str, like: str) -> str:
     if "://" not in str(like):
         return path  # a plain local path in, plain local paths out
     return fs.unstrip_protocol(path)
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """Join path segments onto a URI with ``/`` (or ``os.path.join`` for local paths)."""
-    base = str(base)
-    if "://" not in base:
-        return os.path.join(base, *parts)
-    out = base.rstrip("/")
-    for part in parts:
-        out += "/" + str(part).strip("/")
-    return out
 
 
 def open_uri(
@@ -109,6 +192,22 @@ def exists(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> boo
     return fs.exists(path)
 
 
+def makedirs(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Create the folder ``uri`` and its parents (object stores need none: a no-op)."""
+    fs, path = url_to_fs(uri, storage_options)
+    fs.makedirs(path, exist_ok=True)
+
+
+def remove(
+    uri: str, *, recursive: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Delete ``uri`` (a folder only with ``recursive``); nothing there is not an error."""
+    fs, path = url_to_fs(uri, storage_options)
+    with contextlib.suppress(FileNotFoundError):
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+
 def list_files(
     uri: str,
     *,
@@ -129,6 +228,16 @@ def list_files(
     return sorted(_unstrip(fs, p, uri) for p in out)
 
 
+# --------------------------------------------------------------------------- writes
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file (0666 under the process umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(
     uri: str,
@@ -138,11 +247,11 @@ def atomic_write(
 ) -> Iterator[IO]:
     """Write ``uri`` so readers see either the old content or the complete new one.
 
-    Local paths: write a temporary file in the same directory, ``fsync``, then
-    ``os.replace`` (parent directories are created). Other filesystems: write a local
-    temporary file, then upload it with one ``put_file`` — an object PUT (or a
-    completed multipart upload) appears at once, never half-written. If the block
-    raises, nothing is written.
+    Local paths: write a temporary file in the same directory, ``fsync``, give it the
+    mode a plainly created file would have (``mkstemp`` makes 0600), then ``os.replace``
+    (parent directories are created). Other filesystems: write a local temporary file,
+    then upload it with one ``put_file`` — an object PUT (or a completed multipart
+    upload) appears at once, never half-written. If the block raises, nothing is written.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
@@ -160,6 +269,7 @@ def atomic_write(
             f.flush()
             os.fsync(f.fileno())
         if local:
+            os.chmod(tmp, _file_mode())
             os.replace(tmp, path)
         else:
             fs.put_file(tmp, path)
@@ -173,6 +283,35 @@ def write_bytes(uri: str, data: bytes, *, storage_options: Mapping[str, Any] | N
     """Atomically write ``data`` to ``uri`` (see ``atomic_write``)."""
     with atomic_write(uri, "wb", storage_options=storage_options) as f:
         f.write(data)
+
+
+def write_text(uri: str, text: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Atomically write UTF-8 ``text`` to ``uri`` (see ``atomic_write``)."""
+    write_bytes(uri, text.encode("utf-8"), storage_options=storage_options)
+
+
+def write_parquet(
+    uri: str, frame: Any, *, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Atomically write a pandas DataFrame (no index) or a pyarrow Table as Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = (
+        frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    )
+    with atomic_write(uri, "wb", storage_options=storage_options) as handle:
+        pq.write_table(table, handle, compression="zstd")
+
+
+def read_parquet(
+    uri: str, *, columns: list[str] | None = None, storage_options: Mapping[str, Any] | None = None
+) -> Any:
+    """A Parquet file at ``uri`` as a pyarrow Table (one GET; only ``columns`` if given)."""
+    import pyarrow.parquet as pq
+
+    with open_uri(uri, "rb", storage_options=storage_options) as handle:
+        return pq.read_table(handle, columns=columns)
 
 
 def upload_dir(
@@ -198,124 +337,106 @@ def upload_dir(
     return sorted(out)
 
 
-# --------------------------------------------------------------------------- loopback S3
+# --------------------------------------------------------------------------- secrets
+
+REDACTED = "***"
+
+# Key names that hold credentials, as patterns (not a fixed list): any spelling of
+# secret/token/password/credential/signature/private key/connection string, s3fs's
+# ``key``, AWS/Azure/GCS access keys, SAS tokens, ``Authorization`` headers.
+_SECRET_KEY = re.compile(
+    r"""(^|[_\-.])(
+        secret | token | passw(or)?d | passphrase | pwd | credentials? | signature | sig
+      | private[_\-]?key | api[_\-]?key | access[_\-]?key(_id)? | account[_\-]?key
+      | connection[_\-]?string | sas | auth(orization)? | session | cookie | key(_id)?
+    )($|[_\-.])""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# Query parameters of pre-signed / SAS URLs that carry a credential.
+_SECRET_QUERY = re.compile(
+    r"^(x-amz-(security-token|signature|credential)|sig|signature|token|access_token|sas)$",
+    re.IGNORECASE,
+)
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def is_secret_key(name: Any) -> bool:
+    """Whether a mapping key names a credential (see the patterns above)."""
+    return bool(_SECRET_KEY.search(str(name)))
 
 
-@dataclass
-class LoopbackS3:
-    """A running S3-compatible server on loopback and how to reach it.
+def _redact_url(text: str) -> str:
+    """A URL without the password of its user info and without credential query values."""
 
-    ``storage_options`` are for fsspec/s3fs; ``env`` are the equivalent environment
-    variables (for subprocesses and Ray workers: ``runtime_env={"env_vars": s3.env}``).
-    """
+    def one(match: re.Match) -> str:
+        url = match.group(0)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:
+            return url
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            netloc = f"{REDACTED}@{host}"
+        query = parts.query
+        if query:
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+            if any(_SECRET_QUERY.match(k) or is_secret_key(k) for k, _ in pairs):
+                query = "&".join(
+                    f"{k}={REDACTED}" if _SECRET_QUERY.match(k) or is_secret_key(k) else f"{k}={v}"
+                    for k, v in pairs
+                )
+        if netloc == parts.netloc and query == parts.query:
+            return url
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
-    endpoint_url: str
-    key: str
-    secret: str = field(repr=False)
-    region: str = "us-east-1"
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    return _URL.sub(one, text)
 
-    @property
-    def storage_options(self) -> dict[str, Any]:
-        # No region here: s3fs would send it as a LocationConstraint when creating buckets,
-        # which S3 (and moto) reject for us-east-1; botocore signs for us-east-1 anyway.
-        return {"key": self.key, "secret": self.secret, "endpoint_url": self.endpoint_url}
 
-    @property
-    def env(self) -> dict[str, str]:
+def redact(value: Any) -> Any:
+    """A copy of ``value`` (nested dicts, lists, dataclasses' dicts, strings) in which
+    every value under a credential-like key is ``***`` and every URL has its user info
+    and credential query parameters masked. The input is not changed."""
+    if isinstance(value, Mapping):
         return {
-            "AWS_ACCESS_KEY_ID": self.key,
-            "AWS_SECRET_ACCESS_KEY": self.secret,
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
+            k: (REDACTED if is_secret_key(k) and v not in (None, "", {}, []) else redact(v))
+            for k, v in value.items()
         }
-
-    def filesystem(self) -> AbstractFileSystem:
-        """A fresh (uncached) s3fs filesystem with these credentials."""
-        return fsspec.filesystem("s3", skip_instance_cache=True, **self.storage_options)
-
-    def create_bucket(self, name: str | None = None) -> str:
-        """Create a bucket (a fresh random name if none is given); returns ``s3://name``."""
-        name = name or "fe-" + uuid.uuid4().hex[:16]
-        self.filesystem().mkdir(name)
-        return f"s3://{name}"
-
-    def stop(self, grace_s: float = 3.0) -> None:
-        """Stop the server process: SIGTERM, SIGKILL after ``grace_s`` (idempotent)."""
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        if grace_s > 0:
-            proc.terminate()
-            try:
-                proc.wait(timeout=grace_s)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        proc.kill()
-        proc.wait(timeout=5)
-
-    def __enter__(self) -> LoopbackS3:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, str):
+        return _redact_url(value) if "://" in value else value
+    return value
 
 
-def wait_for_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers any HTTP status; raise ``RuntimeError`` on timeout or
-    if ``proc`` exits first."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server process exited with code {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answered (403/404 are fine: the server is up)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no answer from {url} after {timeout_s:.0f} s") from None
-            time.sleep(0.05)
+def secret_values(value: Any) -> set[str]:
+    """Every credential string inside ``value`` (what :func:`redact` would mask), for
+    scrubbing texts that were built from it, e.g. an exception message."""
+    found: set[str] = set()
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if is_secret_key(k) and isinstance(v, str | bytes) and len(v) >= 4:
+                found.add(v.decode() if isinstance(v, bytes) else v)
+            else:
+                found |= secret_values(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            found |= secret_values(v)
+    elif isinstance(value, str) and "://" in value:
+        for match in _URL.finditer(value):
+            parts = urllib.parse.urlsplit(match.group(0))
+            if parts.password and len(parts.password) >= 4:
+                found.add(parts.password)
+    return found
 
 
-def start_loopback_s3(
-    *,
-    port: int | None = None,
-    key: str = "frameexit-test-key",
-    secret: str = "frameexit-test-secret",
-    region: str = "us-east-1",
-    timeout_s: float = 30.0,
-) -> LoopbackS3:
-    """Start moto's S3 server (``python -m moto.server``) on 127.0.0.1 in a subprocess.
-
-    moto accepts any credentials; the ones given here are what ``storage_options`` and
-    ``env`` carry. Use as a context manager or call ``.stop()``. Needs ``moto[server]``.
-    """
-    for _ in range(3):
-        p = port or free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(p)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
-        )
-        server = LoopbackS3(f"http://127.0.0.1:{p}", key, secret, region, proc)
-        try:
-            wait_for_http(server.endpoint_url + "/moto-api/", timeout_s, proc)
-            return server
-        except RuntimeError:
-            server.stop()
-            if port is not None:
-                raise
-    raise RuntimeError("could not start moto.server on a free loopback port")
+def scrub(text: str, *sources: Any) -> str:
+    """``text`` with every secret value of ``sources`` (options, configs) replaced by
+    ``***`` and URLs redacted: for messages that quote what a library raised."""
+    out = str(text)
+    for secret in sorted(set().union(*(secret_values(s) for s in sources)), key=len, reverse=True):
+        out = out.replace(secret, REDACTED)
+        quoted = urllib.parse.quote(secret, safe="")
+        if quoted != secret:
+            out = out.replace(quoted, REDACTED)
+    return _redact_url(out) if "://" in out else out

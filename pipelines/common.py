@@ -1,4 +1,4 @@
-"""What every Ray entry point shares: the run layout, URIs, filesystems, connecting to Ray.
+"""What every Ray entry point shares: the run layout, logging, connecting to Ray.
 
 Run layout under ``{train.storage}/{train.name}/`` (any fsspec URI, see docs/API.md)::
 
@@ -23,9 +23,8 @@ import logging
 import os
 from typing import Any
 
-import fsspec
-
 from frameexit.config import Config
+from frameexit.storage import absolute_uri, join_uri, options_for
 
 log = logging.getLogger("frameexit.pipelines")
 
@@ -45,72 +44,15 @@ def setup_logging() -> None:
     logging.getLogger("frameexit").setLevel(logging.INFO)
 
 
-# --- URIs -----------------------------------------------------------------------------
-
-
-def is_remote(uri: str) -> bool:
-    """True for ``scheme://`` URIs other than ``file://``."""
-    return "://" in uri and not uri.startswith("file://")
-
-
-def absolute_uri(uri: str) -> str:
-    """Local paths become absolute (Ray workers may run in another directory)."""
-    if is_remote(uri):
-        return uri.rstrip("/")
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    return os.path.abspath(os.path.expanduser(uri))
-
-
-def join(base: str, *parts: str) -> str:
-    """Join URI parts with ``/`` (works for local paths and ``s3://``)."""
-    out = base.rstrip("/")
-    for part in parts:
-        out = f"{out}/{part.strip('/')}"
-    return out
-
-
-def storage_options(cfg: Config, uri: str) -> dict[str, Any]:
-    """fsspec options for ``uri``: ``data.storage_options`` for remote URIs, none locally."""
-    return dict(cfg.data.storage_options) if is_remote(uri) else {}
-
-
-def filesystem(
-    uri: str, options: dict[str, Any] | None = None
-) -> tuple[fsspec.AbstractFileSystem, str]:
-    """``(fsspec filesystem, path)`` of a URI."""
-    return fsspec.core.url_to_fs(uri, **(options or {}))
-
-
-def exists(uri: str, options: dict[str, Any] | None = None) -> bool:
-    fs, path = filesystem(uri, options)
-    return fs.exists(path)
-
-
-def pyarrow_filesystem(uri: str, options: dict[str, Any] | None = None):
-    """``(pyarrow filesystem or None, path)`` for Ray Train storage and Ray Data I/O.
-
-    Local paths need none (``None``, absolute path). Remote URIs are served by their
-    fsspec filesystem wrapped for pyarrow, so exactly the credentials and endpoint that
-    ``storage_options`` give fsspec are used by Ray too (and the object pickles to workers).
-    """
-    if not is_remote(uri):
-        return None, absolute_uri(uri)
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = filesystem(uri, options)
-    return PyFileSystem(FSSpecHandler(fs)), path
-
-
 class RunPaths:
     """URIs of one run (see the module docstring)."""
 
     def __init__(self, cfg: Config) -> None:
-        self.root = join(absolute_uri(cfg.train.storage), cfg.train.name)
-        self.options = storage_options(cfg, self.root)
+        self.root = join_uri(absolute_uri(cfg.train.storage), cfg.train.name)
+        self.options = options_for(self.root, cfg.data.storage_options)
 
     def __call__(self, *parts: str) -> str:
-        return join(self.root, *parts)
+        return join_uri(self.root, *parts)
 
     @property
     def config(self) -> str:

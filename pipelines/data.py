@@ -38,7 +38,8 @@ import pandas as pd
 
 from frameexit.config import Config
 from frameexit.errors import VideoDecodeError
-from pipelines.common import join
+from frameexit.sampling import open_window, read_steps, step_indices, video_input_shape
+from frameexit.storage import join_uri, list_files, options_for, read_parquet, write_parquet
 
 log = logging.getLogger("frameexit.pipelines.data")
 
@@ -55,7 +56,7 @@ def load_split(cfg: Config, split: str, *, limit: int | None = None) -> pd.DataF
     """
     from frameexit.manifests import load_manifest
 
-    options = dict(cfg.data.storage_options) if "://" in cfg.data.manifest else None
+    options = options_for(cfg.data.manifest, cfg.data.storage_options) or None
     loaded = load_manifest(cfg.data.manifest, storage_options=options)
     table = loaded.table
     if len(loaded.bad_rows):
@@ -159,36 +160,24 @@ class DecodeVideos:
         from frameexit.video import open_video
 
         d, m = self.cfg.data, self.cfg.model
-        options = (
-            dict(d.storage_options) if "://" in uri and not uri.startswith("file://") else None
-        )
         with open_video(
-            uri, storage_options=options, timeout_s=d.decode_timeout_s, backend=d.decode_backend
+            uri,
+            storage_options=options_for(uri, d.storage_options) or None,
+            timeout_s=d.decode_timeout_s,
+            backend=d.decode_backend,
         ) as reader:
-            first, n = 0, int(reader.num_frames)
-            if np.isfinite(start) or np.isfinite(end):
-                fps = float(reader.fps)
-                first = min(n - 1, max(0, int(start * fps))) if np.isfinite(start) else 0
-                last = min(n, max(first + 1, int(np.ceil(end * fps)))) if np.isfinite(end) else n
-                n = last - first
-            indices = [first + i for i in self.policy(n, m.num_steps)]
-            if m.clip_length > 1:
-                return np.asarray(reader.get_clips(indices, m.clip_length)), n
-            return np.asarray(reader.get(indices)), n
+            window = open_window(reader, uri, start, end)
+            indices = step_indices(window, self.policy, m.num_steps)
+            return read_steps(reader, indices, m.clip_length), window.num_frames
 
     def _log_failures(self, failures: list[dict[str, str]]) -> None:
         for item in failures:
             log.warning("skipping %s: %s: %s", item["video"], item["kind"], item["reason"])
         if self.skip_dir is None:
             return
-        import fsspec
-
-        uri = join(self.skip_dir, f"{uuid.uuid4().hex}.parquet")
-        options = dict(self.cfg.data.storage_options) if "://" in uri else {}
-        fs, path = fsspec.core.url_to_fs(uri, **options)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as handle:
-            pd.DataFrame(failures).to_parquet(handle, index=False)
+        uri = join_uri(self.skip_dir, f"{uuid.uuid4().hex}.parquet")
+        options = options_for(uri, self.cfg.data.storage_options)
+        write_parquet(uri, pd.DataFrame(failures), storage_options=options)
 
 
 def decode_batch(
@@ -220,8 +209,7 @@ def _target(label_ids: Any, num_classes: int, multi_label: bool) -> Any:
 def example_shape(cfg: Config) -> tuple[int, ...]:
     """Shape of one video's ``frames``: ``[T, 3, S, S]`` or ``[T, 3, k, S, S]`` for clips."""
     m = cfg.model
-    s = m.image_size
-    return (m.num_steps, 3, m.clip_length, s, s) if m.clip_length > 1 else (m.num_steps, 3, s, s)
+    return video_input_shape(m.image_size, m.clip_length, m.num_steps)
 
 
 def _stack(out: dict[str, list], cfg: Config) -> dict[str, np.ndarray]:
@@ -321,14 +309,13 @@ def collect_skipped(
 ) -> pd.DataFrame:
     """Merge the per-task skip logs under ``skip_dir`` into ``out_uri`` (one row per video:
     ``video, split, kind, reason, count`` where ``count`` = how often it was attempted)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(skip_dir, **(options or {}))
-    parts = sorted(fs.glob(f"{path}/*.parquet")) if fs.exists(path) else []
-    frames = []
-    for part in parts:
-        with fs.open(part, "rb") as handle:
-            frames.append(pd.read_parquet(handle))
+    try:
+        parts = list_files(
+            skip_dir, suffixes=[".parquet"], recursive=False, storage_options=options
+        )
+    except FileNotFoundError:
+        parts = []
+    frames = [read_parquet(p, storage_options=options).to_pandas() for p in parts]
     columns = ["video", "split", "kind", "reason"]
     if frames:
         merged = pd.concat(frames, ignore_index=True)
@@ -341,8 +328,5 @@ def collect_skipped(
         table = pd.DataFrame({c: pd.Series(dtype=str) for c in columns}).assign(
             count=pd.Series(dtype=np.int64)
         )
-    out_fs, out_path = fsspec.core.url_to_fs(out_uri, **(options or {}))
-    out_fs.makedirs(out_path.rsplit("/", 1)[0], exist_ok=True)
-    with out_fs.open(out_path, "wb") as handle:
-        table.to_parquet(handle, index=False)
+    write_parquet(out_uri, table, storage_options=options)
     return table

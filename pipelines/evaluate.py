@@ -1,41 +1,31 @@
-"""Evaluation of a stage-2 model on its cached validation split (no video is decoded).
+"""Evaluation of a stage-2 model on a cached split (no video is decoded).
 
 ::
 
-    features/{val}/*.parquet ── z [N, T, D], targets ──► classifiers f_t ─► logits [N, T, K]
-                                                    └─► gates g_t ─► exit probs [N, T]
-    exit step e = first t with p_t >= τ (else T)      answer = f_e(z_e), cost = e steps
+    features/{split}/*.parquet ── z [N, T, D], targets ──► FrameExit.step_outputs
+        ──► logits [N, T, K], exit probs [N, T] ──► frameexit.evaluation.evaluate_outputs
+        ──► metrics + tables ──► pipelines.report.write_evaluation ──► {run}/eval/
 
-Outputs in ``{run}/eval/`` (or ``out``):
-
-    metrics.json              accuracy (top-1 or mAP), mean frames and GFLOPs per video,
-                              for FrameExit and for w/o exit (all T frames)
-    predictions.parquet       per video: exit step, frames, GFLOPs, prediction, correct
-    exit_histogram.parquet    per step: videos that exited there, their accuracy (Fig. 3)
-    exit_matrix.parquet       accuracy of classifier j on videos that exited at i (Fig. 4)
-    per_class_frames.parquet  mean frames per class (Fig. 5)
-    step_accuracy.parquet     accuracy of each classifier f_t on all videos
-    threshold_sweep.parquet   post-hoc τ sweep: accuracy and GFLOPs per threshold
-    fig3_exit_histogram.png, fig4_exit_matrix.png, fig5_per_class_frames.png,
-    threshold_curve.png
+Computing lives in ``frameexit.evaluation`` (plain arrays in, metrics and tables out);
+writing the tables and figures in ``pipelines.report``. This module reads the cache and
+joins the two. Outputs (see ``pipelines.report``): ``metrics.json``, Parquet tables
+(predictions, exit histogram, exit matrix, per-class frames, step accuracy, post-hoc
+threshold sweep) and the Fig. 3/4/5-style PNGs.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 
 from frameexit.config import Config
-from pipelines.common import RunPaths, ensure_ray, filesystem, join, pyarrow_filesystem
-from pipelines.common import storage_options as options_for
+from frameexit.storage import options_for, pyarrow_filesystem
+from pipelines.common import RunPaths
 
 log = logging.getLogger("frameexit.pipelines.evaluate")
 
@@ -56,8 +46,6 @@ def read_cache_outputs(
     """
     import pyarrow.dataset as pads
 
-    from tuning.posthoc import model_step_outputs
-
     cfg = model.cfg
     feature_shape, num_classes = (cfg.num_steps, -1), cfg.num_classes
     fs, path = pyarrow_filesystem(cache_uri, options)
@@ -68,7 +56,7 @@ def read_cache_outputs(
         if batch.num_rows == 0:
             continue
         z = torch.from_numpy(_tensor_column(batch.column("features"), feature_shape))
-        step_logits, gate_probs, first = model_step_outputs(model, z)
+        step_logits, gate_probs, first = model.step_outputs(z)
         videos.extend(str(v) for v in batch.column("video").to_pylist())
         target = batch.column("target")
         if pa.types.is_integer(target.type):
@@ -128,268 +116,58 @@ def evaluate(
     ``mean_frames``, ``noexit_accuracy``, ``noexit_gflops``, ``gflops_saving``.
     """
     from frameexit.checkpoint import load_model_checkpoint
+    from frameexit.evaluation import evaluate_outputs
     from frameexit.flops import step_gflops
-    from frameexit.metrics import (
-        exit_histogram,
-        exit_matrix,
-        mean_average_precision,
-        per_class_frames,
-        top1_accuracy,
-    )
-    from tuning.thresholds import DEFAULT_THRESHOLDS, exit_steps, threshold_sweep
+    from pipelines.report import write_evaluation
 
-    ensure_ray(cfg)
     split = split or cfg.data.val_split
-    paths = RunPaths(cfg)
-    out = out or paths.eval
+    out = out or RunPaths(cfg).eval
     cache_uri = cache[split]
+    options = cfg.data.storage_options
     model, model_cfg = load_model_checkpoint(
-        model_uri, storage_options=options_for(cfg, model_uri) or None
+        model_uri, storage_options=options_for(model_uri, options) or None
     )
     m = model_cfg.model
     tau = m.exit_threshold if threshold is None else float(threshold)
-    data = read_cache_outputs(model, cache_uri, options_for(cfg, cache_uri))
-    logits, probs, target = data["logits"], data["gate_probs"], data["target"]
-    n, num_steps, num_classes = logits.shape
-    multi = m.multi_label
-
-    def accuracy(step_logits: np.ndarray) -> float:
-        t = torch.as_tensor(step_logits)
-        if multi:
-            return float(mean_average_precision(torch.sigmoid(t), torch.as_tensor(target).float()))
-        return float(top1_accuracy(torch.softmax(t, -1), torch.as_tensor(target).long()))
-
-    exit_step = exit_steps(probs, tau, first_step_exits=data["first_exits"])
-    chosen = logits[np.arange(n), exit_step - 1]
-    cost = step_gflops(model, m.image_size)
-    step_cost = float(cost.total)
-    pred = chosen.argmax(-1)
-    if multi:
-        correct = target[np.arange(n), pred] > 0
-    else:
-        correct = pred == target
-    metric = "mAP" if multi else "top1"
-    fe_acc, noexit_acc = accuracy(chosen), accuracy(logits[:, -1])
-    metrics: dict[str, Any] = {
+    data = read_cache_outputs(model, cache_uri, options_for(cache_uri, options))
+    result = evaluate_outputs(
+        logits=data["logits"],
+        gate_probs=data["gate_probs"],
+        target=data["target"],
+        step_cost=step_gflops(model, m.image_size),
+        threshold=tau,
+        multi_label=m.multi_label,
+        first_exits=data["first_exits"],
+        thresholds=thresholds,
+        videos=data["video"],
+        class_names=_class_names(cfg),
+    )
+    metrics = {
         "split": split,
-        "num_videos": int(n),
-        "num_steps": int(num_steps),
-        "metric": metric,
-        "accuracy": fe_acc,
-        metric: fe_acc,
-        "mean_frames": float(exit_step.mean()),
-        "mean_steps": float(exit_step.mean()),
-        "gflops": float(exit_step.mean() * step_cost),
-        "noexit_accuracy": noexit_acc,
-        f"noexit_{metric}": noexit_acc,
-        "noexit_frames": float(num_steps),
-        "noexit_gflops": float(num_steps * step_cost),
-        "gflops_per_step": step_cost,
-        "backbone_gflops_per_step": float(cost.backbone),
-        "gflops_saving": float(num_steps / max(exit_step.mean(), 1e-9)),
-        "threshold": tau,
+        **result.metrics,
         "beta": float(cfg.train.beta),
         "model": model_uri,
     }
-    if not multi:  # ActivityNet reports mAP on single-label data: give both
-        hot = np.eye(num_classes, dtype=np.float32)[target]
-        for key, step_logits in (("mAP", chosen), ("noexit_mAP", logits[:, -1])):
-            scores = torch.softmax(torch.as_tensor(step_logits), -1)
-            metrics[key] = float(mean_average_precision(scores, torch.as_tensor(hot)))
-    class_names = _class_names(cfg, num_classes)
-    hist = exit_histogram(exit_step, correct, num_steps)
-    matrix = exit_matrix(logits, exit_step, target, multi)
-    per_class = per_class_frames(exit_step, target, num_classes)
-    per_class.insert(1, "name", class_names)
-    step_acc = pd.DataFrame(
-        {
-            "step": np.arange(1, num_steps + 1),
-            metric: [accuracy(logits[:, t]) for t in range(num_steps)],
-        }
-    )
-    sweep = threshold_sweep(
-        logits,
-        probs,
-        target,
-        step_cost,
-        list(thresholds or DEFAULT_THRESHOLDS),
-        multi_label=multi,
-        first_step_exits=data["first_exits"],
-    )
-    predictions = pd.DataFrame(
-        {
-            "video": data["video"],
-            "target": list(target) if multi else target,
-            "exit_step": exit_step,
-            "frames": exit_step,
-            "gflops": exit_step * step_cost,
-            "prediction": pred,
-            "correct": correct,
-            "exit_prob": probs[np.arange(n), exit_step - 1],
-        }
-    )
-    options = options_for(cfg, out)
-    tables = {
-        "predictions": predictions,
-        "exit_histogram": hist,
-        "exit_matrix": pd.DataFrame(matrix, columns=[f"f{t + 1}" for t in range(num_steps)]).assign(
-            exit_step=np.arange(1, num_steps + 1)
-        ),
-        "per_class_frames": per_class,
-        "step_accuracy": step_acc,
-        "threshold_sweep": sweep,
-    }
-    for name, table in tables.items():
-        _write_bytes(join(out, f"{name}.parquet"), _parquet(table), options)
-    _write_bytes(join(out, "metrics.json"), json.dumps(metrics, indent=2).encode(), options)
-    if plots:
-        figures = {
-            "fig3_exit_histogram.png": plot_exit_histogram(hist, metric),
-            "fig4_exit_matrix.png": plot_exit_matrix(matrix),
-            "fig5_per_class_frames.png": plot_per_class_frames(per_class),
-            "threshold_curve.png": plot_threshold_curve(sweep, metrics),
-        }
-        for name, png in figures.items():
-            _write_bytes(join(out, name), png, options)
+    write_evaluation(out, result, metrics, plots=plots, storage_options=options_for(out, options))
     log.info(
         "evaluation (%s, %d videos): %s %.3f at %.2f frames (w/o exit %.3f at %d) -> %s",
         split,
-        n,
-        metric,
-        fe_acc,
+        metrics["num_videos"],
+        metrics["metric"],
+        metrics["accuracy"],
         metrics["mean_frames"],
-        noexit_acc,
-        num_steps,
+        metrics["noexit_accuracy"],
+        metrics["num_steps"],
         out,
     )
     return metrics
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """A small table: FrameExit vs w/o exit."""
-    metric = metrics["metric"]
-    rows = [
-        ("", metric, "frames", "GFLOPs"),
-        (
-            "w/o exit",
-            f"{100 * metrics['noexit_accuracy']:.1f}",
-            f"{metrics['noexit_frames']:.2f}",
-            f"{metrics['noexit_gflops']:.3f}",
-        ),
-        (
-            f"FrameExit (β={metrics['beta']:g}, τ={metrics['threshold']:g})",
-            f"{100 * metrics['accuracy']:.1f}",
-            f"{metrics['mean_frames']:.2f}",
-            f"{metrics['gflops']:.3f}",
-        ),
-    ]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{r[0]:<{width}}  {r[1]:>7}  {r[2]:>7}  {r[3]:>9}" for r in rows]
-    return (
-        "\n" + "\n".join(lines) + f"\n({metrics['num_videos']} videos, {metrics['split']} split, "
-        f"{metrics['gflops_saving']:.2f}x fewer GFLOPs)"
-    )
-
-
-# --- plots ----------------------------------------------------------------------------
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _figure().close(fig)
-    return buffer.getvalue()
-
-
-def plot_exit_histogram(hist: pd.DataFrame, metric: str) -> bytes:
-    """Fig. 3 kind: videos exiting at each step (bars) and their accuracy (line)."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(hist["step"], hist["count"], color="#4c72b0")
-    ax.set_xlabel("exit step")
-    ax.set_ylabel("videos")
-    ax.set_xticks(hist["step"])
-    twin = ax.twinx()
-    twin.plot(hist["step"], 100 * hist["accuracy"], "o-", color="#dd8452")
-    twin.set_ylabel(f"{metric} of exited videos (%)")
-    twin.set_ylim(0, 105)
-    ax.set_title("Exits per step")
-    return _png(fig)
-
-
-def plot_exit_matrix(matrix: np.ndarray) -> bytes:
-    """Fig. 4 kind: accuracy of classifier j (columns) on videos that exited at i (rows)."""
-    plt = _figure()
-    t = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    image = ax.imshow(100 * matrix, vmin=0, vmax=100, cmap="viridis")
-    ax.set_xticks(range(t), [str(i + 1) for i in range(t)])
-    ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
-    ax.set_xlabel("classifier f_j")
-    ax.set_ylabel("exit step i")
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
-    ax.set_title("Exit matrix")
-    return _png(fig)
-
-
-def plot_per_class_frames(per_class: pd.DataFrame) -> bytes:
-    """Fig. 5 kind: mean frames per class, sorted."""
-    plt = _figure()
-    table = per_class.dropna(subset=["mean_frames"]).sort_values("mean_frames")
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(table) + 1), 3.5))
-    ax.bar(range(len(table)), table["mean_frames"], color="#55a868")
-    ax.set_xticks(range(len(table)), [str(n) for n in table["name"]], rotation=70, fontsize=7)
-    ax.set_ylabel("mean frames")
-    ax.set_title("Frames per class")
-    return _png(fig)
-
-
-def plot_threshold_curve(sweep: pd.DataFrame, metrics: dict[str, Any]) -> bytes:
-    """Accuracy vs GFLOPs over post-hoc exit thresholds, with the evaluated point."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ordered = sweep.sort_values("gflops")
-    ax.plot(ordered["gflops"], 100 * ordered["accuracy"], "o-", ms=3, label="threshold sweep")
-    ax.plot([metrics["gflops"]], [100 * metrics["accuracy"]], "r*", ms=12, label="FrameExit")
-    ax.plot([metrics["noexit_gflops"]], [100 * metrics["noexit_accuracy"]], "ks", label="w/o exit")
-    ax.set_xlabel("GFLOPs per video")
-    ax.set_ylabel(f"{metrics['metric']} (%)")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-# --- I/O ------------------------------------------------------------------------------
-
-
-def _parquet(table: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def _write_bytes(uri: str, payload: bytes, options: dict[str, Any]) -> None:
-    fs, path = filesystem(uri, options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as handle:
-        handle.write(payload)
-
-
-def _class_names(cfg: Config, num_classes: int) -> list[str]:
+def _class_names(cfg: Config) -> list[str]:
+    """The class map beside the training manifest (cosmetic: indices when unavailable)."""
     try:
         from frameexit.manifests import load_manifest
 
-        names = list(load_manifest(cfg.data.manifest).class_names)
+        return list(load_manifest(cfg.data.manifest).class_names)
     except Exception:  # noqa: BLE001 - names are cosmetic
-        names = []
-    if len(names) != num_classes:
-        names = [str(i) for i in range(num_classes)]
-    return names
+        return []

@@ -28,7 +28,7 @@ object storage; credentials from the environment or ``data.storage_options``)::
 ``--no-exit`` runs all T frames; ``--threshold`` sets the exit threshold: label the same
 corpus both ways into two outputs to compare. Rerunning the same command after an
 interruption labels only what has no committed row. Output layout, row schema and the
-exactly-once argument: ``pipelines/labeling.py``.
+exactly-once argument: ``pipelines/labeling/``.
 """
 
 from __future__ import annotations

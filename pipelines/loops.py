@@ -1,6 +1,7 @@
-"""Ray Train loops of both stages (``train_loop_per_worker``) and their torch helpers.
+"""Ray Train loops of both stages (``train_loop_per_worker``): checkpoints, resume, reports.
 
-They live in the package, not in scripts or tests, so Ray workers can import them.
+They live in the package, not in scripts or tests, so Ray workers can import them; one
+step of each stage, the optimiser and the LR schedule are ``frameexit.training``'s.
 
 Stage 1, per worker (DDP over ``train.num_workers``; gloo on CPU, NCCL on GPU)::
 
@@ -31,77 +32,21 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 
-from frameexit.config import Config, StageConfig, config_from_dict
+from frameexit.config import config_from_dict
+from frameexit.training import (
+    GateHead,
+    epoch_lr,
+    make_optimizer,
+    set_lr,
+    stage1_step,
+    stage2_step,
+    unwrap,
+)
 
 log = logging.getLogger("frameexit.pipelines.loops")
 
 STATE_FILE = "state.pt"
-
-
-# --- helpers shared by both loops (and by bench/method.py) ----------------------------
-
-
-def epoch_lr(stage: StageConfig, epoch: int) -> float:
-    """Learning rate of 0-based ``epoch``: ×γ after each milestone epoch (1-based)."""
-    return stage.lr * stage.gamma ** sum(epoch >= m for m in stage.milestones)
-
-
-def make_optimizer(params, stage: StageConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(list(params), lr=stage.lr, weight_decay=stage.weight_decay)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel (if any)."""
-    return model.module if hasattr(model, "module") else model
-
-
-class GateHead(nn.Module):
-    """Stage-2 trainable view of a FrameExit model: cached z ``[B, T, D]`` → gate logits.
-
-    DDP wraps this (not the model) so gradient sync is driven by a real ``forward``.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.gate_logits_from_pooled(z)
-
-
-def stage1_step(
-    model: nn.Module,
-    frames: torch.Tensor,
-    target: torch.Tensor,
-    cfg: Config,
-    *,
-    autocast: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_cls of one batch and the step-T logits (for a running accuracy)."""
-    from frameexit.losses import classification_loss
-
-    with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = model(frames)
-    logits = out.logits.float()
-    return classification_loss(logits, target, cfg.model.multi_label), logits[:, -1]
-
-
-def stage2_step(
-    head: nn.Module, features: torch.Tensor, step_losses: torch.Tensor, beta: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L_gate of one batch, the gate logits and the pseudo-labels."""
-    from frameexit.losses import gate_loss, gate_pseudo_labels
-
-    logits = head(features)
-    labels = gate_pseudo_labels(step_losses, beta)
-    return gate_loss(logits.float(), labels), logits, labels
 
 
 # --- checkpoints ----------------------------------------------------------------------
@@ -222,9 +167,8 @@ def stage2_loop(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
-    from frameexit.checkpoint import read_model_checkpoint
+    from frameexit.checkpoint import model_from_state, read_model_checkpoint
     from frameexit.losses import set_stage
-    from frameexit.model import build_model
 
     cfg = config_from_dict(config["cfg"])
     stage, context = cfg.train.stage2, ray.train.get_context()
@@ -233,9 +177,7 @@ def stage2_loop(config: dict[str, Any]) -> None:
     weights, _, _ = read_model_checkpoint(
         config["stage1_uri"], storage_options=config.get("storage_options") or None
     )
-    cfg.model.pretrained = None
-    model = build_model(cfg.model)
-    model.load_state_dict(weights)
+    model = model_from_state(cfg.model, weights, source=config["stage1_uri"])
     set_stage(model, 2)
     head = prepare_model(GateHead(model))
     device = get_device()

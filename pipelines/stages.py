@@ -8,7 +8,7 @@
        Ray Data batch inference, once per video: z_1..z_T, logits, per-step losses
     run_stage2(cfg, stage1, cache)           ─► {run}/checkpoints/stage2.pt
        Ray Train DDP on the cache (L_gate, gates only; the backbone never runs)
-    evaluate(cfg, stage2, cache)             ─► metrics dict; {run}/eval/
+    evaluate(cfg, stage2, cache)             ─► metrics dict; {run}/eval/  (pipelines.evaluate)
     run_pipeline(cfg, resume=...)            all of it; on resume finished stages are skipped
 
 Stage 1 runs once per (backbone, T); stage 2 and evaluation once per β on the same cache.
@@ -18,29 +18,31 @@ checkpoint (Ray Train resumes by run name + storage path).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import time
 from typing import Any
 
-from frameexit.config import Config, config_to_dict
+from frameexit.config import Config, config_from_dict, config_to_dict
 from frameexit.errors import ConfigError
-from pipelines.common import RunPaths, ensure_ray, exists, filesystem, join, pyarrow_filesystem
+from frameexit.storage import (
+    exists,
+    join_uri,
+    list_files,
+    options_for,
+    pyarrow_filesystem,
+    redact,
+    remove,
+    url_to_fs,
+    write_text,
+)
+from pipelines.common import RunPaths, ensure_ray
 from pipelines.data import collect_skipped, ingest_options, training_columns, video_dataset
+from pipelines.evaluate import evaluate
 
 log = logging.getLogger("frameexit.pipelines")
 
-SECRET_KEYS = (
-    "key",
-    "secret",
-    "token",
-    "password",
-    "aws_access_key_id",
-    "aws_secret_access_key",
-    "aws_session_token",
-)
 FAULT_ENV = "FRAMEEXIT_INJECT_FAULT"  # test hook: "STAGE:EPOCH[:MARKER]", see loops._maybe_fail
 
 
@@ -49,17 +51,7 @@ FAULT_ENV = "FRAMEEXIT_INJECT_FAULT"  # test hook: "STAGE:EPOCH[:MARKER]", see l
 
 def redacted(cfg: Config) -> Config:
     """A copy of ``cfg`` without credentials (what gets written to config.yaml/checkpoints)."""
-    out = copy.deepcopy(cfg)
-    out.data.storage_options = _redact(out.data.storage_options)
-    return out
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: ("***" if str(k).lower() in SECRET_KEYS else _redact(v)) for k, v in value.items()
-        }
-    return value
+    return config_from_dict(redact(config_to_dict(cfg)))
 
 
 def write_config(cfg: Config) -> str:
@@ -67,10 +59,8 @@ def write_config(cfg: Config) -> str:
     import yaml
 
     paths = RunPaths(cfg)
-    fs, path = filesystem(paths.config, paths.options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "w") as handle:
-        yaml.safe_dump(config_to_dict(redacted(cfg)), handle, sort_keys=False)
+    text = yaml.safe_dump(config_to_dict(redacted(cfg)), sort_keys=False)
+    write_text(paths.config, text, storage_options=paths.options)
     return paths.config
 
 
@@ -124,8 +114,7 @@ def _fit(cfg: Config, loop, name: str, loop_config: dict[str, Any], datasets: di
 def run_stage1(cfg: Config) -> str:
     """Stage 1 (backbone + projection + classifiers, L_cls) with Ray Train; returns the
     URI of the final model ``{run}/checkpoints/stage1.pt``."""
-    from frameexit.checkpoint import save_model_checkpoint
-    from frameexit.model import build_model
+    from frameexit.checkpoint import model_from_state, save_model_checkpoint
     from pipelines.loops import read_state, stage1_loop
 
     ensure_ray(cfg)
@@ -151,10 +140,7 @@ def run_stage1(cfg: Config) -> str:
         {"train": training_columns(train)},
     )
     state = read_state(result.checkpoint)
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.pretrained = None
-    model = build_model(model_cfg)
-    model.load_state_dict(state["model"])
+    model = model_from_state(cfg.model, state["model"], source="stage 1's last checkpoint")
     uri = paths.model("stage1")
     save_model_checkpoint(
         model,
@@ -175,8 +161,7 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
     ``{run}/checkpoints/{name}.pt`` (the stage-1 model with trained gates)."""
     import ray.data
 
-    from frameexit.checkpoint import read_model_checkpoint, save_model_checkpoint
-    from frameexit.model import build_model
+    from frameexit.checkpoint import model_from_state, read_model_checkpoint, save_model_checkpoint
     from pipelines.loops import read_state, stage2_loop
 
     ensure_ray(cfg)
@@ -204,10 +189,7 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
     )
     state = read_state(result.checkpoint)
     weights, _, _ = read_model_checkpoint(stage1_uri, storage_options=_options(cfg, stage1_uri))
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.pretrained = None
-    model = build_model(model_cfg)
-    model.load_state_dict(weights)
+    model = model_from_state(cfg.model, weights, source=stage1_uri)
     model.gates.load_state_dict(state["model"])
     uri = paths.model(name)
     save_model_checkpoint(
@@ -296,8 +278,8 @@ def build_feature_cache(
     out: dict[str, str] = {}
     for split in splits:
         uri = paths.features(split)
-        marker = join(uri, "_SUCCESS")
-        if resume and exists(marker, paths.options):
+        marker = join_uri(uri, "_SUCCESS")
+        if resume and exists(marker, storage_options=paths.options):
             log.info("feature cache %s: reusing %s", split, uri)
             out[split] = uri
             continue
@@ -315,16 +297,13 @@ def build_feature_cache(
             num_cpus=cfg.train.cpus_per_worker,
             num_gpus=1 if cfg.train.use_gpu else 0,
         )
-        fs, path = filesystem(uri, paths.options)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        remove(uri, recursive=True, storage_options=paths.options)
         storage_fs, storage_path = pyarrow_filesystem(uri, paths.options)
         ds.write_parquet(storage_path, filesystem=storage_fs)
-        count = sum(
-            fs.info(p)["size"] > 0 for p in fs.glob(f"{path}/*.parquet")
-        )  # files, not rows: rows are counted by whoever reads the cache
-        with fs.open(f"{path}/_SUCCESS", "w") as handle:
-            json.dump({"split": split, "model": model_uri, "files": int(count)}, handle)
+        # files, not rows: rows are counted by whoever reads the cache
+        count = len(list_files(uri, suffixes=[".parquet"], storage_options=paths.options))
+        record = {"split": split, "model": model_uri, "files": int(count)}
+        write_text(marker, json.dumps(record), storage_options=paths.options)
         log.info("feature cache %s: %s (%.0f s)", split, uri, time.perf_counter() - began)
         out[split] = uri
     _finish_skipped(cfg)
@@ -334,22 +313,12 @@ def build_feature_cache(
 # --- evaluation and the whole pipeline ------------------------------------------------
 
 
-def evaluate(cfg: Config, model_uri: str, cache: dict[str, str], **kwargs) -> dict[str, Any]:
-    """Metrics of the stage-2 model on the cached validation split; writes ``{run}/eval/``.
-
-    See :func:`pipelines.evaluate.evaluate` for the outputs and keyword arguments.
-    """
-    from pipelines import evaluate as evaluation
-
-    return evaluation.evaluate(cfg, model_uri, cache, **kwargs)
-
-
 def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     """Stage 1 → feature cache → stage 2 → evaluation. ``resume`` skips finished stages
     and continues an interrupted one from its last checkpoint; without it the run
     directory must not exist yet."""
     paths = RunPaths(cfg)
-    if not resume and exists(paths.root, paths.options) and _non_empty(paths.root, paths.options):
+    if not resume and _non_empty(paths.root, paths.options):
         raise ConfigError(
             "train.name", f"run {paths.root} already exists; resume it or choose another name"
         )
@@ -357,18 +326,18 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     write_config(cfg)
     began = time.perf_counter()
     stage1 = paths.model("stage1")
-    if not (resume and exists(stage1, paths.options)):
+    if not (resume and exists(stage1, storage_options=paths.options)):
         stage1 = run_stage1(cfg)
     else:
         log.info("stage 1: reusing %s", stage1)
     splits = list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
     cache = build_feature_cache(cfg, stage1, splits, resume=resume)
     stage2 = paths.model("stage2")
-    if not (resume and exists(stage2, paths.options)):
+    if not (resume and exists(stage2, storage_options=paths.options)):
         stage2 = run_stage2(cfg, stage1, cache)
     else:
         log.info("stage 2: reusing %s", stage2)
-    metrics = evaluate(cfg, stage2, cache)
+    metrics = evaluate(cfg, stage2, cache)  # pipelines.evaluate
     skipped = _finish_skipped(cfg)
     metrics["skipped_videos"] = int(len(skipped))
     metrics["pipeline_seconds"] = time.perf_counter() - began
@@ -388,13 +357,14 @@ def _finish_skipped(cfg: Config):
 
 
 def _options(cfg: Config, uri: str) -> dict[str, Any]:
-    from pipelines.common import storage_options
-
-    return storage_options(cfg, uri)
+    return options_for(uri, cfg.data.storage_options)
 
 
 def _non_empty(uri: str, options: dict[str, Any]) -> bool:
-    fs, path = filesystem(uri, options)
+    """Whether a run directory exists and holds anything."""
+    fs, path = url_to_fs(uri, options)
+    if not fs.exists(path):
+        return False
     return bool(fs.ls(path)) if fs.isdir(path) else True
 
 

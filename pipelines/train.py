@@ -31,57 +31,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
-from pathlib import Path
 
 from frameexit.config import Config, load_config
-from pipelines.common import RunPaths, exists, join, setup_logging
-from pipelines.evaluate import format_metrics
-from pipelines.stages import (  # noqa: F401 - the stage functions are this module's API
-    build_feature_cache,
-    evaluate,
-    run_pipeline,
-    run_stage1,
-    run_stage2,
-)
+from frameexit.storage import exists
+from pipelines.common import RunPaths, setup_logging
+from pipelines.defaults import DEFAULT_CONFIG, ROOT, default_corpus
+from pipelines.report import format_metrics
+from pipelines.stages import run_pipeline
 
 log = logging.getLogger("frameexit.train")
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "synthetic.yaml"
-# The embedded default corpus (data.manifest empty): generated once, then reused.
-DEFAULT_CORPUS = {"num_videos": 300, "num_classes": 10, "seed": 0}
-
-
-def default_corpus(cfg: Config) -> str:
-    """Manifest URI of the default synthetic corpus (generated on first use)."""
-    from frameexit.synthetic import generate_corpus
-
-    root = os.environ.get("FRAMEEXIT_DATA", str(ROOT / "data"))
-    out = join(os.path.abspath(root), "synthetic-default")
-    spec = {**DEFAULT_CORPUS, "num_classes": cfg.model.num_classes}
-    marker = join(out, "_CORPUS")
-    if exists(marker):
-        with open(marker) as handle:
-            recorded, manifest = handle.read().split("\n", 1)
-        if recorded == repr(spec) and exists(manifest.strip()):
-            log.info("reusing the synthetic corpus at %s", out)
-            return manifest.strip()
-    log.info("generating the synthetic corpus %s at %s", spec, out)
-    began = time.perf_counter()
-    manifest = generate_corpus(out, **spec)
-    with open(marker, "w") as handle:
-        handle.write(f"{spec!r}\n{manifest}")
-    log.info("corpus ready in %.0f s: %s", time.perf_counter() - began, manifest)
-    return manifest
 
 
 def fresh_name(cfg: Config) -> None:
     """Give the run the first free name ``name``, ``name-2``, ``name-3``, ... (in place)."""
     base, index = cfg.train.name, 1
-    while exists(RunPaths(cfg).root, RunPaths(cfg).options):
+    while exists(RunPaths(cfg).root, storage_options=RunPaths(cfg).options):
         index += 1
         cfg.train.name = f"{base}-{index}"
 

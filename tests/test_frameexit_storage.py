@@ -16,11 +16,11 @@ from frameexit.storage import (
     list_files,
     open_uri,
     read_bytes,
-    start_loopback_s3,
     upload_dir,
     url_to_fs,
     write_bytes,
 )
+from frameexit.testing.s3 import start_loopback_s3
 
 
 def test_is_local_and_join() -> None:

@@ -14,10 +14,10 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from frameexit.errors import VideoDecodeError
+from frameexit.testing.clips import CLIP_SPECS, decode_all, write_clip, write_spec_clip
 from frameexit.video import clip_indices, open_video, read_frames
 from frameexit.video.decord_backend import trust_decord
 from frameexit.video.pyav_backend import PyAVDecoder
-from frameexit.video.testing import CLIP_SPECS, decode_all, write_clip, write_spec_clip
 
 DECORD_EXACT = sorted(n for n, s in CLIP_SPECS.items() if s["decord_exact"])
 DECORD_WRONG = sorted(n for n, s in CLIP_SPECS.items() if not s["decord_exact"])

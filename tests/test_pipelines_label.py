@@ -1,4 +1,4 @@
-"""Corpus labeling (pipelines/label.py, pipelines/labeling.py).
+"""Corpus labeling (pipelines/label.py, pipelines/labeling/).
 
 One labeling run of a mixed corpus (good videos, corrupt, truncated, zero-byte, missing,
 non-video entries and unparsable manifest rows) on the session Ray cluster is shared by
@@ -29,9 +29,9 @@ from frameexit.config import config_to_dict, load_config
 from frameexit.flops import step_gflops
 from frameexit.model import build_model
 from frameexit.policy import get_policy
+from frameexit.testing.clips import write_clip
 from frameexit.transforms import frames_to_tensor
 from frameexit.video import open_video
-from frameexit.video.testing import write_clip
 from pipelines import labeling
 from pipelines.labeling import STATUS_BAD_ROW, STATUS_OK, read_labels, run_labeling
 
@@ -246,8 +246,11 @@ def test_labeler_without_exit_and_a_failure_at_a_later_step(mixed, tmp_path):
 
 
 def test_parts_are_named_by_content_and_read_back_once(tmp_path):
-    table = labeling._rows_to_table(
-        [labeling._row(row=i, input_id=f"v{i}", video=f"v{i}", status=STATUS_OK) for i in range(3)]
+    table = labeling.rows_to_table(
+        [
+            labeling.output_row(row=i, input_id=f"v{i}", video=f"v{i}", status=STATUS_OK)
+            for i in range(3)
+        ]
     )
     out = str(tmp_path / "out")
     first = labeling.write_part(out, table)

@@ -10,9 +10,9 @@ import pytest
 
 from frameexit.config import config_from_dict
 from frameexit.errors import ConfigError
-from tuning.driver import SweepSpec
 from tuning.pareto import pareto_front, pareto_mask
 from tuning.records import SweepStore
+from tuning.spec import SweepSpec
 
 BETAS = [1e-6, 1e-4, 1e-2]
 BAD_BETA = -1.0  # passes the sweep's parsing, fails its trial's config validation

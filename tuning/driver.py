@@ -28,104 +28,29 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import fsspec
-import numpy as np
 import pandas as pd
 
 from frameexit.config import Config, config_to_dict
-from frameexit.errors import ConfigError
-from pipelines.common import absolute_uri, ensure_ray, join, pyarrow_filesystem, storage_options
+from frameexit.storage import (
+    absolute_uri,
+    join_uri,
+    options_for,
+    pyarrow_filesystem,
+    write_parquet,
+    write_text,
+)
+from pipelines.common import ensure_ray
+from pipelines.stages import redacted
 from tuning.pareto import pareto_front, pareto_mask
 from tuning.plot import save_pareto_plot
 from tuning.records import SweepStore, unit_key
-from tuning.thresholds import DEFAULT_THRESHOLDS
-from tuning.trials import DEFAULT_STAGES, stage1_trial, stage2_trial
+from tuning.spec import SweepSpec
+from tuning.trials import stage1_trial, stage2_trial
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BETAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
-SEARCHERS = ("grid", "optuna")
-
-
-@dataclass
-class SweepSpec:
-    """What ``cfg.sweep`` may hold (every key optional). Errors name ``sweep.<key>``."""
-
-    backbones: list[str] = field(default_factory=list)  # default: [model.backbone]
-    num_steps: list[int] = field(default_factory=list)  # default: [model.num_steps]
-    betas: list[float] = field(default_factory=lambda: list(DEFAULT_BETAS))
-    searcher: str = "grid"  # "grid" | "optuna" (multi-objective over T and log β)
-    num_samples: int = 12  # optuna: number of β trials in all
-    beta_range: list[float] = field(default_factory=lambda: [1e-6, 1e-2])  # optuna
-    thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
-    storage: str = ""  # default: {train.storage}/sweeps/{train.name}
-    trial_cpus: float = 0.25  # held by the trial process itself
-    stage2_num_workers: int = 1  # Ray Train workers of a β trial (gates on cached features)
-    max_concurrent: int = 0  # β trials at once; 0 = as many as the cluster's CPUs allow
-    stage1_concurrency: int = 1  # stage-1 units at once (each is a full DDP run)
-    max_failures: int = 1  # retries per trial before it counts as failed
-    stages: str = DEFAULT_STAGES  # module with run_stage1/build_feature_cache/run_stage2/evaluate
-    eval_plots: bool = True  # per-trial Fig. 3/4/5 PNGs from evaluate (False: tables only)
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> SweepSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(cfg.sweep) - known)
-        if unknown:
-            raise ConfigError(
-                f"sweep.{unknown[0]}", f"unknown key; known: {', '.join(sorted(known))}"
-            )
-        spec = cls(**cfg.sweep)
-        spec.backbones = [str(b) for b in (spec.backbones or [cfg.model.backbone])]
-        spec.num_steps = list(spec.num_steps or [cfg.model.num_steps])
-        spec.storage = absolute_uri(
-            spec.storage or join(absolute_uri(cfg.train.storage), "sweeps", cfg.train.name)
-        )
-        spec.betas = [_number("sweep.betas", b) for b in spec.betas]
-        spec.thresholds = [_number("sweep.thresholds", t) for t in spec.thresholds]
-        spec.beta_range = [_number("sweep.beta_range", b) for b in spec.beta_range]
-        spec.validate()
-        return spec
-
-    def validate(self) -> None:
-        if not all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in self.num_steps
-        ):
-            raise ConfigError("sweep.num_steps", f"must be integers >= 1, got {self.num_steps}")
-        if self.searcher not in SEARCHERS:
-            raise ConfigError(
-                "sweep.searcher", f"must be one of {SEARCHERS}, got {self.searcher!r}"
-            )
-        if self.searcher == "grid" and not self.betas:
-            raise ConfigError("sweep.betas", "must hold at least one β")
-        lo, hi = (self.beta_range + [0, 0])[:2]
-        if self.searcher == "optuna" and not (len(self.beta_range) == 2 and 0 < lo < hi):
-            raise ConfigError(
-                "sweep.beta_range",
-                f"must be [low, high] with 0 < low < high, got {self.beta_range}",
-            )
-        if self.num_samples < 1:
-            raise ConfigError("sweep.num_samples", f"must be >= 1, got {self.num_samples}")
-        if not self.trial_cpus > 0:
-            raise ConfigError(
-                "sweep.trial_cpus", f"must be > 0 (Tune refuses 0), got {self.trial_cpus}"
-            )
-        for name in ("stage2_num_workers", "stage1_concurrency"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"sweep.{name}", f"must be >= 1, got {getattr(self, name)}")
-        if self.max_concurrent < 0:
-            raise ConfigError(
-                "sweep.max_concurrent", f"must be >= 0 (0 = auto), got {self.max_concurrent}"
-            )
-        if not isinstance(self.eval_plots, bool):
-            raise ConfigError("sweep.eval_plots", f"must be true or false, got {self.eval_plots!r}")
-        if self.max_failures < 0:
-            raise ConfigError("sweep.max_failures", f"must be >= 0, got {self.max_failures}")
-
 
 @dataclass
 class SweepResult:
@@ -139,13 +64,15 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
     """Run (or continue) the sweep ``cfg.sweep`` describes; write its outputs; return them."""
     spec = SweepSpec.from_config(cfg)
     ensure_ray(cfg)
-    store = SweepStore(spec.storage, storage_options(cfg, spec.storage))
+    store = SweepStore(spec.storage, options_for(spec.storage, cfg.data.storage_options))
     if not cfg.data.manifest:  # the embedded synthetic corpus, as pipelines/train.py does
-        from pipelines.train import default_corpus
+        from pipelines.defaults import default_corpus
 
         cfg.data.manifest = default_corpus(cfg)
     base = config_to_dict(cfg)
-    base["data"]["manifest"] = _absolute_local(base["data"]["manifest"])
+    base["data"]["manifest"] = (
+        absolute_uri(base["data"]["manifest"]) if base["data"]["manifest"] else ""
+    )
     _save_config(cfg, store)
     units = {
         unit_key(bb, t): {"key": unit_key(bb, t), "backbone": bb, "num_steps": t}
@@ -200,8 +127,8 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
     points["pareto"] = pareto_mask(points)
     front = pareto_front(points)
     options = store.options or None
-    points.to_parquet(store("points.parquet"), index=False, storage_options=options)
-    front.to_parquet(store("pareto.parquet"), index=False, storage_options=options)
+    write_parquet(store("points.parquet"), points, storage_options=options)
+    write_parquet(store("pareto.parquet"), front, storage_options=options)
     save_pareto_plot(
         points, store("pareto.png"), title=f"{cfg.train.name}: β × T sweep", storage_options=options
     )
@@ -218,12 +145,8 @@ def _save_config(cfg: Config, store: SweepStore) -> None:
     """The sweep's resolved config (credentials redacted) at ``{sweep}/config.yaml``."""
     import yaml
 
-    from pipelines.stages import redacted
-
-    fs, path = fsspec.core.url_to_fs(store("config.yaml"), **store.options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "w") as handle:
-        yaml.safe_dump(config_to_dict(redacted(cfg)), handle, sort_keys=False)
+    text = yaml.safe_dump(config_to_dict(redacted(cfg)), sort_keys=False)
+    write_text(store("config.yaml"), text, storage_options=store.options)
 
 
 # --- Tune ---------------------------------------------------------------------------------
@@ -246,7 +169,7 @@ def _fit(
 
     filesystem, storage = pyarrow_filesystem(store("tune"), store.options)
     fn = tune.with_resources(tune.with_parameters(trainable, **params), {"cpu": spec.trial_cpus})
-    path = join(storage, name)
+    path = join_uri(storage, name)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         log.info("restoring Tune experiment %s", path)
         tuner = tune.Tuner.restore(
@@ -406,19 +329,3 @@ def _error_text(error: BaseException | None) -> str:
     cause = getattr(error, "cause", None) or error
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
-
-
-def _number(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(name, f"must be numbers, got {value!r}") from error
-    if not np.isfinite(number):
-        raise ConfigError(name, f"must be finite, got {value!r}")
-    return number
-
-
-def _absolute_local(uri: str) -> str:
-    if not uri or "://" in uri:
-        return uri
-    return absolute_uri(uri)

@@ -22,11 +22,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import fsspec  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from frameexit.storage import write_bytes, write_text  # noqa: E402
 from tuning.pareto import ACCURACY, GFLOPS, pareto_front, valid_mask  # noqa: E402
 
 FRONT_GID = "pareto_front"
@@ -118,11 +118,10 @@ def save_pareto_plot(
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-    with fsspec.open(uri, "wb", **(storage_options or {})) as handle:
-        handle.write(buffer.getvalue())
+    write_bytes(uri, buffer.getvalue(), storage_options=storage_options)
     sidecar = (uri[: -len(".png")] if uri.endswith(".png") else uri) + ".front.json"
-    with fsspec.open(sidecar, "w", **(storage_options or {})) as handle:
-        json.dump({"gflops": [p[0] for p in front], "accuracy": [p[1] for p in front]}, handle)
+    drawn = {"gflops": [p[0] for p in front], "accuracy": [p[1] for p in front]}
+    write_text(sidecar, json.dumps(drawn), storage_options=storage_options)
     return sidecar
 
 

@@ -31,9 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
-
-from pipelines.common import join
+from frameexit.storage import join_uri, list_files, open_uri, read_bytes, write_text
 
 
 def unit_key(backbone: str, num_steps: int) -> str:
@@ -54,7 +52,7 @@ class SweepStore:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, *parts: str) -> str:
-        return join(self.root, *parts)
+        return join_uri(self.root, *parts)
 
     def stage1_record(self, unit: str) -> str:
         return self("records", "stage1", f"{unit}.json")
@@ -65,33 +63,32 @@ class SweepStore:
     def read_json(self, uri: str) -> dict[str, Any] | None:
         """The JSON object at ``uri``, or None when there is none."""
         try:
-            with fsspec.open(uri, "r", **self.options) as handle:
-                return json.load(handle)
+            return json.loads(read_bytes(uri, storage_options=self.options))
         except FileNotFoundError:
             return None
 
     def write_json(self, uri: str, data: dict[str, Any]) -> None:
-        """Write ``data`` as JSON (to a temporary name, then moved into place)."""
-        fs, path = fsspec.core.url_to_fs(uri, **self.options)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open(temp, "w") as handle:
-            json.dump(data, handle, indent=1, default=str)
-        fs.mv(temp, path)
+        """Write ``data`` as JSON, atomically (readers see the old record or the new one)."""
+        write_text(uri, json.dumps(data, indent=1, default=str), storage_options=self.options)
 
     def event(self, stage: str, key: str, **fields: Any) -> Event:
         return Event(self, stage, key, **fields)
 
     def events(self) -> list[dict[str, Any]]:
         """Every execution event of the sweep (sorted by start time)."""
-        fs, path = fsspec.core.url_to_fs(self("records", "events"), **self.options)
-        if not fs.exists(path):
+        try:
+            uris = list_files(
+                self("records", "events"),
+                suffixes=[".json"],
+                recursive=False,
+                storage_options=self.options,
+            )
+        except FileNotFoundError:
             return []
         events = []
-        for name in fs.ls(path, detail=False):
-            if name.endswith(".json"):
-                with fs.open(name, "r") as handle:
-                    events.append(json.load(handle))
+        for uri in uris:
+            with open_uri(uri, "r", storage_options=self.options) as handle:
+                events.append(json.load(handle))
         return sorted(events, key=lambda e: e.get("started", 0.0))
 
 

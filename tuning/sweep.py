@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from frameexit.config import load_config
     from pipelines.common import setup_logging
-    from pipelines.train import DEFAULT_CONFIG
+    from pipelines.defaults import DEFAULT_CONFIG
     from tuning.driver import run_sweep
 
     setup_logging()

@@ -11,7 +11,7 @@
          (metrics at model.exit_threshold + the post-hoc τ curve, from the cached features)
          └─ records/stage2/tiny-T4-b0.0001.json  {accuracy, gflops, ...}
 
-Ray Train runs (``TorchTrainer.fit`` inside ``pipelines.train``) are launched from these
+Ray Train runs (``TorchTrainer.fit`` inside ``pipelines.stages``) are launched from these
 functions, the pattern current Ray supports (a Trainer passed to a Tuner is deprecated).
 A trial whose completion record exists reports it without training again (resume).
 """
@@ -19,17 +19,16 @@ A trial whose completion record exists reports it without training again (resume
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 import time
 from typing import Any
 
 from frameexit.config import Config, config_from_dict
+from pipelines import stages
 from pipelines.common import RunPaths
+from pipelines.evaluate import evaluate
 from pipelines.stages import write_config
 from tuning.records import SweepStore, trial_key
-
-DEFAULT_STAGES = "pipelines.train"
 
 
 def unit_config(
@@ -58,7 +57,6 @@ def stage1_trial(
     record = store.read_json(record_uri)
     if record is None:
         cfg = unit_config(base, unit, store)
-        stages = importlib.import_module(sweep["stages"])
         write_config(cfg)  # every run dir holds its resolved config
         splits = list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
         with store.event("stage1", unit["key"], **_unit_fields(unit)) as event:
@@ -96,14 +94,13 @@ def stage2_trial(
     record_uri = store.stage2_record(key)
     record = store.read_json(record_uri)
     if record is None:
-        stages = importlib.import_module(sweep["stages"])
         write_config(cfg)
         with store.event("stage2", key, beta=beta, **_unit_fields(unit)) as event:
             t0 = time.perf_counter()
             model_uri = stages.run_stage2(cfg, stage1["model_uri"], stage1["cache"])
             t1 = time.perf_counter()
             thresholds = sweep["thresholds"] or None
-            metrics = stages.evaluate(
+            metrics = evaluate(
                 cfg, model_uri, stage1["cache"], thresholds=thresholds, plots=sweep["eval_plots"]
             )
             t2 = time.perf_counter()

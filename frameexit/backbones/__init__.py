@@ -5,7 +5,7 @@ Registered: ``resnet50``, ``efficientnet_b3``, ``x3d_s`` (the paper's three), ``
 ``tiny`` (CPU-scale). See :mod:`frameexit.backbones.registry` for adding one.
 """
 
-from frameexit.backbones import zoo as _zoo  # noqa: F401  (registers the backbones)
+from frameexit.backbones import zoo  # noqa: F401  (registers the backbones)
 from frameexit.backbones.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,

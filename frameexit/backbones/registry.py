@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from frameexit.errors import CheckpointError, ConfigError
+from frameexit.sampling import step_input_shape
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -150,10 +151,7 @@ def _module_available(module: str | None) -> bool:
 def _measure_trunk_dim(entry: _Entry) -> int:
     with torch.device("meta"):
         trunk = entry.builder()
-        size = entry.default_image_size
-        shape = (
-            (1, 3, entry.clip_length, size, size) if entry.clip_length > 1 else (1, 3, size, size)
-        )
+        shape = step_input_shape(entry.default_image_size, entry.clip_length)
         out = trunk.eval()(torch.empty(shape))
     return int(out.shape[-1])
 
@@ -342,11 +340,6 @@ def _trunk_view(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _listing(keys: list[str], limit: int = 10) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", … ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def load_trunk_state_dict(
     trunk: nn.Module,
     state: Mapping[str, Tensor],
@@ -374,13 +367,12 @@ def load_trunk_state_dict(
         for k in own
         if k in view and tuple(view[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_listing(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches (file vs model): {_listing(mismatched)}")
-        raise CheckpointError(f"{source}: does not fit the backbone trunk; " + "; ".join(parts))
+    error = CheckpointError.mismatch(
+        f"{source}: does not fit the backbone trunk",
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )
+    if error is not None:
+        raise error
     trunk.load_state_dict(OrderedDict((k, view[k]) for k in own), strict=True)

@@ -1,6 +1,12 @@
-"""Post-hoc exit-threshold sweep: one trained model, a whole accuracy–GFLOPs curve.
+"""The exit rule, once, and the post-hoc exit-threshold sweep it makes possible.
 
-No training: the gates' probabilities and every step's classifier logits are computed
+**The rule.** Gate g_t's exit probability is p_t = σ(gate logit_t), computed in float32;
+a video exits at the first step t with p_t ≥ τ (:func:`gate_fires`), and f_T answers when
+no gate fired. ``FrameExit.early_exit`` applies it step by step to the videos still
+running; :func:`exit_steps` applies it to all steps of many videos at once (evaluation,
+threshold sweeps). Both call :func:`gate_fires`, so they cannot disagree.
+
+**Post-hoc sweep.** One trained model gives a whole accuracy–GFLOPs curve. No training: the gates' probabilities and every step's classifier logits are computed
 once per validation video (from the stage-2 feature cache), then each threshold τ is
 replayed exactly as early-exit inference would run it::
 
@@ -9,9 +15,8 @@ replayed exactly as early-exit inference would run it::
                 step_gflops [T] ──► cost = step_gflops[0] + … + step_gflops[e-1] ──► GFLOPs
 
 τ = 0 exits every video at step 1; τ > 1 never exits early (the "w/o exit" point, all T
-steps). ``exit_steps`` is the single place this rule lives; it matches
-``FrameExit.early_exit`` (tested in ``tests/test_tuning_pareto.py`` where the model is
-available).
+steps). ``exit_steps`` equals ``FrameExit.early_exit`` (tested in
+``tests/test_frameexit_exits.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = (
 )
 
 
+def exit_probabilities(gate_logits: torch.Tensor) -> torch.Tensor:
+    """p_t = σ(gate logits), in float32 whatever the model's dtype."""
+    return torch.sigmoid(torch.as_tensor(gate_logits).float())
+
+
+def gate_fires(exit_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The exit rule: boolean, True where the exit probability reaches τ (p ≥ τ)."""
+    return torch.as_tensor(exit_probs, dtype=torch.float32) >= threshold
+
+
 def exit_steps(
     gate_probs: torch.Tensor | np.ndarray,
     threshold: float,
@@ -50,14 +65,14 @@ def exit_steps(
 ) -> np.ndarray:
     """1-based exit step per video: the first step whose gate probability is >= τ, else T.
 
-    Compared in float32 like ``FrameExit.exit_decision``. ``first_step_exits`` ([N] bool)
-    replaces step 1's decision where it does not depend on τ (the official variant's
-    confidence rule, ``max softmax(f_1) > first_step_threshold``).
+    :func:`gate_fires` on every step. ``first_step_exits`` ([N] bool) replaces step 1's
+    decision where it does not depend on τ (the official variant's confidence rule,
+    ``max softmax(f_1) > first_step_threshold``).
     """
     probs = torch.as_tensor(np.asarray(gate_probs), dtype=torch.float32)
     if probs.ndim != 2:
         raise ValueError(f"gate_probs must be [N, T], got shape {tuple(probs.shape)}")
-    fired = (probs >= threshold).numpy().copy()
+    fired = gate_fires(probs, threshold).numpy().copy()
     if first_step_exits is not None:
         fired[:, 0] = np.asarray(first_step_exits, dtype=bool)
     fired[:, -1] = True  # the last classifier answers when no gate fired

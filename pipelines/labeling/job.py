@@ -1,0 +1,217 @@
+"""Resolving a labeling job on the driver: config, model, class names, the fingerprint."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from frameexit.config import Config, config_from_dict, config_to_dict, load_config
+from frameexit.errors import ConfigError
+from frameexit.storage import (
+    absolute_uri,
+    exists,
+    join_uri,
+    options_for,
+    read_bytes,
+    redact,
+    write_text,
+)
+from pipelines.labeling.inputs import LabelInputs, read_inputs
+from pipelines.labeling.parts import clear_output, list_parts
+from pipelines.labeling.schema import CONFIG_NAME, FINGERPRINT_NAME
+
+log = logging.getLogger("frameexit.pipelines.label")
+
+#: With a checkpoint the model comes from it; only these inference-time fields may change.
+MODEL_INFERENCE_FIELDS = ("exit_threshold", "first_step_threshold", "policy")
+
+
+@dataclass
+class LabelJob:
+    """Everything the driver resolved before labeling starts."""
+
+    cfg: Config
+    input: str
+    output: str
+    checkpoint: str | None
+    weights: dict[str, Any]
+    step_gflops: float
+    class_names: list[str]
+    fingerprint: dict[str, Any]
+
+
+def resolve_config(
+    checkpoint: str | None,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[Config, dict[str, Any] | None]:
+    """The run's config and, with a checkpoint, its weights.
+
+    Without a checkpoint: defaults ← ``config_file`` ← ``overrides`` (the model is random).
+    With one: the model section is the checkpoint's; command-line overrides may change
+    only ``model.exit_threshold``, ``model.first_step_threshold`` and ``model.policy``;
+    everything else (label, data) comes from ``config_file`` and the overrides.
+    """
+    if checkpoint is None:
+        return load_config(config_file, overrides), None
+    from frameexit.checkpoint import read_model_checkpoint
+
+    model_overrides = [o for o in overrides if o.lstrip("-").startswith("model.")]
+    for text in model_overrides:
+        key = text.lstrip("-").split("=", 1)[0]
+        if key.split(".", 1)[1] not in MODEL_INFERENCE_FIELDS:
+            raise ConfigError(
+                key,
+                "fixed by the checkpoint; only "
+                + ", ".join(f"model.{f}" for f in MODEL_INFERENCE_FIELDS)
+                + " may be overridden when labeling with --checkpoint",
+            )
+    cfg = load_config(config_file, [o for o in overrides if o not in model_overrides])
+    options = options_for(checkpoint, cfg.data.storage_options)
+    state, ckpt_cfg, _ = read_model_checkpoint(checkpoint, storage_options=options or None)
+    merged = config_to_dict(cfg)
+    merged["model"] = config_to_dict(ckpt_cfg)["model"]
+    merged["model"]["pretrained"] = None  # the checkpoint holds the weights
+    # the training manifest, whose classes.json names the model's outputs
+    merged["data"]["manifest"] = cfg.data.manifest or ckpt_cfg.data.manifest
+    return config_from_dict(merged, model_overrides), state
+
+
+def resolve_class_names(
+    cfg: Config,
+    num_classes: int,
+    *,
+    classes_uri: str | None = None,
+    checkpoint_manifest: str | None = None,
+    input_names: Sequence[str] = (),
+) -> list[str]:
+    """Class names for the model's K outputs: ``--classes``, else the class map beside the
+    manifest the model was trained on, else the input manifest's, else ``class_<i>``."""
+    from frameexit.manifests import class_map_uri_for, read_class_names
+
+    candidates: list[Callable[[], list[str]]] = []
+    if classes_uri:
+        candidates.append(
+            lambda: read_class_names(
+                classes_uri, storage_options=options_for(classes_uri, cfg.data.storage_options)
+            )
+        )
+    if checkpoint_manifest:
+        beside = class_map_uri_for(checkpoint_manifest)
+        candidates.append(
+            lambda: read_class_names(
+                beside, storage_options=options_for(beside, cfg.data.storage_options)
+            )
+        )
+    if input_names:
+        candidates.append(lambda: list(input_names))
+    for make in candidates:
+        try:
+            names = make()
+        except Exception as error:  # noqa: BLE001 - fall through to the next source
+            if make is candidates[0] and classes_uri:
+                raise
+            log.debug("class names not taken from a candidate: %s", error)
+            continue
+        if len(names) == num_classes:
+            return names
+        if classes_uri and make is candidates[0]:
+            raise ConfigError(
+                "--classes", f"{classes_uri} has {len(names)} names, the model {num_classes}"
+            )
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def prepare_job(
+    input_uri: str,
+    output_uri: str,
+    *,
+    checkpoint: str | None = None,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+    classes_uri: str | None = None,
+) -> tuple[LabelJob, LabelInputs]:
+    """Resolve config and model (driver side) and read the inputs."""
+    import torch
+
+    from frameexit.checkpoint import model_from_state
+    from frameexit.flops import step_gflops
+    from frameexit.model import build_model
+
+    cfg, state = resolve_config(checkpoint, config_file, overrides)
+    input_uri, output_uri = absolute_uri(input_uri), absolute_uri(output_uri)
+    checkpoint = absolute_uri(checkpoint) if checkpoint else None
+    if state is None:
+        log.warning(
+            "no --checkpoint: labeling with a RANDOMLY INITIALISED %s model (seed "
+            "train.seed=%d); the labels mean nothing",
+            cfg.model.backbone,
+            cfg.train.seed,
+        )
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(copy.deepcopy(cfg.model))
+    else:
+        model = model_from_state(cfg.model, state, source=checkpoint)
+    model.eval()
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    gflops = step_gflops(model, cfg.model.image_size).total
+    inputs = read_inputs(
+        input_uri,
+        storage_options=options_for(input_uri, cfg.data.storage_options),
+        exclude_prefix=output_uri,
+    )
+    names = resolve_class_names(
+        cfg,
+        cfg.model.num_classes,
+        classes_uri=classes_uri,
+        checkpoint_manifest=cfg.data.manifest if checkpoint and cfg.data.manifest else None,
+        input_names=inputs.class_names,
+    )
+    weights_digest = hashlib.sha256()
+    for key in sorted(weights):
+        weights_digest.update(key.encode())
+        weights_digest.update(weights[key].numpy().tobytes())
+    fingerprint = {
+        "input": input_uri,
+        "checkpoint": checkpoint,
+        "weights_sha256": weights_digest.hexdigest()[:32],
+        "model": config_to_dict(cfg)["model"],
+        "early_exit": cfg.label.early_exit,
+        "exit_threshold": cfg.model.exit_threshold,
+        "top_k": cfg.label.top_k,
+        "multi_label_threshold": cfg.label.multi_label_threshold,
+        "class_names": names,
+    }
+    job = LabelJob(cfg, input_uri, output_uri, checkpoint, weights, gflops, names, fingerprint)
+    return job, inputs
+
+
+def check_fingerprint(job: LabelJob, options: Mapping[str, Any], *, overwrite: bool) -> None:
+    """Refuse to add rows to an output made with other settings (or clear it: overwrite)."""
+    if overwrite:
+        clear_output(job.output, options)
+    uri = join_uri(job.output, FINGERPRINT_NAME)
+    payload = json.dumps(redact(job.fingerprint), indent=1, sort_keys=True)
+    if exists(uri, storage_options=options):
+        recorded = json.loads(read_bytes(uri, storage_options=options))
+        current = json.loads(payload)  # compared as written: redacted, JSON types
+        differ = sorted(k for k in current if recorded.get(k) != current[k])
+        if differ:
+            raise ConfigError(
+                "--output",
+                f"{job.output} holds labels made with other settings ({', '.join(differ)} "
+                "differ); rerun with the same settings, another --output, or --overwrite",
+            )
+    elif list_parts(job.output, options):
+        raise ConfigError("--output", f"{job.output} has parts but no {FINGERPRINT_NAME}")
+    else:
+        write_text(uri, payload, storage_options=options)
+        import yaml
+
+        text = yaml.safe_dump(redact(config_to_dict(job.cfg)), sort_keys=False)
+        write_text(join_uri(job.output, CONFIG_NAME), text, storage_options=options)
