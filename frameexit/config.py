@@ -91,9 +91,17 @@ class DataConfig:
     decode_concurrency: int = 2
     augment: bool = True
     decode_timeout_s: float = 60.0
-    # "auto": decord where its random access is exact for the file, PyAV's exact seek
-    # otherwise; "pyav": the exact PyAV path for every file; "decord": trust decord blindly
+    # "auto" (= "pyav" today): for every index the frame a sequential decode outputs there,
+    # by construction; "decord": decord's own random access, opt-in (wrong on open GOPs,
+    # AVI, MPEG-TS, edit lists: frameexit/video/decord_backend.py)
     decode_backend: str = "auto"
+    # remote videos: "auto" reads objects of at least decode_range_min_bytes by byte
+    # ranges (header + the packets decoded), smaller ones whole; or always "whole"/"ranges"
+    decode_fetch: str = "auto"
+    decode_range_min_bytes: int = 256 * 1024
+    # a video over this size gets a final `too_large` row instead of being read (an
+    # out-of-memory worker); None: no limit
+    max_video_bytes: int | None = 8 * 1024**3
 
     def validate(self, prefix: str = "data") -> None:
         if self.decode_backend not in ("auto", "pyav", "decord"):
@@ -101,12 +109,21 @@ class DataConfig:
                 f"{prefix}.decode_backend",
                 f"must be one of auto, pyav, decord; got {self.decode_backend!r}",
             )
+        if self.decode_fetch not in ("auto", "whole", "ranges"):
+            raise ConfigError(
+                f"{prefix}.decode_fetch",
+                f"must be one of auto, whole, ranges; got {self.decode_fetch!r}",
+            )
+        if self.decode_backend == "decord" and self.decode_fetch == "ranges":
+            raise ConfigError(
+                f"{prefix}.decode_fetch", "decode_backend=decord reads whole files, not ranges"
+            )
+        _positive(prefix, "decode_range_min_bytes", self.decode_range_min_bytes)
+        if self.max_video_bytes is not None:
+            _positive(prefix, "max_video_bytes", self.max_video_bytes)
         _positive(prefix, "batch_size", self.batch_size)
         _positive(prefix, "decode_concurrency", self.decode_concurrency)
-        if not self.decode_timeout_s > 0:
-            raise ConfigError(
-                f"{prefix}.decode_timeout_s", f"must be > 0, got {self.decode_timeout_s}"
-            )
+        _number(prefix, "decode_timeout_s", self.decode_timeout_s, minimum=0, open_low=True)
 
 
 @dataclass
@@ -127,10 +144,8 @@ class StageConfig:
             raise ConfigError(
                 f"{prefix}.milestones", f"must be increasing epochs >= 1, got {self.milestones}"
             )
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"{prefix}.gamma", f"must be in (0, 1], got {self.gamma}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _number(prefix, "gamma", self.gamma, minimum=0, maximum=1, open_low=True)
+        _number(prefix, "weight_decay", self.weight_decay, minimum=0)
 
 
 @dataclass
@@ -150,6 +165,13 @@ class TrainConfig:
     beta: float = 1e-3
     max_failures: int = 1
     seed: int = 0
+    val_every: int = 1  # validate on data.val_split every N epochs (and after the last)
+    # the exit threshold reported on test: the cheapest one within this accuracy of
+    # w/o exit on validation
+    operating_point_tolerance: float = 0.01
+    # experiment tracking: "tensorboard" (event files in {run}/tensorboard), "mlflow"
+    tracking: list[str] = field(default_factory=lambda: ["tensorboard"])
+    mlflow_uri: str = ""  # MLflow tracking URI; empty: a local file store {run}/mlruns
 
     def validate(self, prefix: str = "train") -> None:
         if not self.storage:
@@ -159,14 +181,14 @@ class TrainConfig:
                 f"{prefix}.name", f"must be a non-empty name without '/', got {self.name!r}"
             )
         _positive(prefix, "num_workers", self.num_workers)
-        if not self.cpus_per_worker > 0:
-            raise ConfigError(
-                f"{prefix}.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}"
-            )
-        if not self.beta > 0:
-            raise ConfigError(f"{prefix}.beta", f"must be > 0, got {self.beta}")
-        if self.max_failures < 0:
-            raise ConfigError(f"{prefix}.max_failures", f"must be >= 0, got {self.max_failures}")
+        _number(prefix, "cpus_per_worker", self.cpus_per_worker, minimum=0, open_low=True)
+        _number(prefix, "beta", self.beta, minimum=0, open_low=True)
+        _integer(prefix, "max_failures", self.max_failures, minimum=0)
+        _integer(prefix, "seed", self.seed, minimum=0)
+        _positive(prefix, "val_every", self.val_every)
+        _number(prefix, "operating_point_tolerance", self.operating_point_tolerance, minimum=0)
+        for i, kind in enumerate(self.tracking):
+            _choice(prefix, f"tracking[{i}]", kind, ("tensorboard", "mlflow"))
         self.stage1.validate(f"{prefix}.stage1")
         self.stage2.validate(f"{prefix}.stage2")
 
@@ -177,21 +199,46 @@ class LabelConfig:
 
     batch_size: int = 8
     concurrency: int = 2
-    cpus_per_actor: float = 1.0
+    # None: 1 CPU per CPU actor; a GPU actor gets its node's CPUs per GPU share (decoding
+    # feeds the GPU), resolved from the cluster when the job starts
+    cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
+    # None: estimated from the model and the batch (weights, frames, decode buffers)
+    memory_per_actor_mb: int | None = None
+    max_actor_restarts: int = 16  # per actor; a video that kills its actor twice: `crashed`
+    max_pipeline_restarts: int = 3  # a failed Ray Data run (lost node/objects) restarts
     early_exit: bool = True
     top_k: int = 5
     multi_label_threshold: float = 0.5
     part_size: int = 256
+    retry: bool = True  # a rerun labels again the rows of retryable errors (timeout, ...)
+    lease_seconds: float = 120.0  # an output's writer lease; a crashed run's expires
+    # the model's device path (frameexit.inference.device_plan); None / "auto": what suits
+    # the device — on a GPU bf16 autocast, channels_last, pinned non-blocking copies and
+    # step t+1 decoded and copied while step t computes; on CPU none of them
+    precision: str = "auto"  # auto | bf16 | fp32
+    channels_last: bool | None = None
+    prefetch_next_step: bool | None = None
 
     def validate(self, prefix: str = "label") -> None:
         _positive(prefix, "batch_size", self.batch_size)
         _positive(prefix, "concurrency", self.concurrency)
         _positive(prefix, "top_k", self.top_k)
         _positive(prefix, "part_size", self.part_size)
-        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
-            raise ConfigError(f"{prefix}.cpus_per_actor", "resources must be >= 0")
+        if self.cpus_per_actor is not None:
+            _number(prefix, "cpus_per_actor", self.cpus_per_actor, minimum=0, open_low=True)
+        _number(prefix, "gpus_per_actor", self.gpus_per_actor, minimum=0)
+        if self.memory_per_actor_mb is not None:
+            _positive(prefix, "memory_per_actor_mb", self.memory_per_actor_mb)
+        _integer(prefix, "max_actor_restarts", self.max_actor_restarts, minimum=0)
+        _integer(prefix, "max_pipeline_restarts", self.max_pipeline_restarts, minimum=0)
         _unit_interval(prefix, "multi_label_threshold", self.multi_label_threshold)
+        _number(prefix, "lease_seconds", self.lease_seconds, minimum=5)
+        _choice(prefix, "precision", self.precision, ("auto", "bf16", "fp32"))
+        for name in ("channels_last", "prefetch_next_step"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{prefix}.{name}", f"must be true, false or null, got {value!r}")
 
 
 @dataclass
@@ -215,6 +262,37 @@ class Config:
 def _positive(prefix: str, name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{prefix}.{name}", f"must be an integer >= 1, got {value!r}")
+
+
+def _integer(prefix: str, name: str, value: int, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{prefix}.{name}", f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(
+    prefix: str,
+    name: str,
+    value: float,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_low: bool = False,
+) -> None:
+    """A finite number within [minimum, maximum] (``open_low``: strictly above minimum)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = number and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if open_low else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        low = "" if minimum is None else (f"> {minimum:g}" if open_low else f">= {minimum:g}")
+        high = "" if maximum is None else f"<= {maximum:g}"
+        bound = " and ".join(b for b in (low, high) if b)
+        raise ConfigError(
+            f"{prefix}.{name}",
+            f"must be a finite number{' ' + bound if bound else ''}, got {value!r}",
+        )
 
 
 def _choice(prefix: str, name: str, value: str, choices: Sequence[str]) -> None:
@@ -359,6 +437,28 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
     """Defaults, then the YAML at ``path`` (any fsspec URI), then ``a.b=value`` overrides."""
     data = _read_yaml(path) if path else {}
     return config_from_dict(data, overrides)
+
+
+def config_help(sections: Sequence[str], *, fields: Sequence[str] | None = None) -> str:
+    """The config fields of ``sections`` (``model``, ``data``, ``train``, ``label``) with
+    their types and defaults, for a command's ``--help`` (``fields``: only these names)."""
+    lines = ["config fields (set with --config FILE.yaml or a.b=value):"]
+    defaults = Config()
+    for section in sections:
+        value = getattr(defaults, section)
+        for f in dataclasses.fields(value):
+            name = f"{section}.{f.name}"
+            if fields is not None and name not in fields:
+                continue
+            current = getattr(value, f.name)
+            if dataclasses.is_dataclass(current):
+                for sub in dataclasses.fields(current):
+                    shown = getattr(current, sub.name)
+                    lines.append(f"  {name}.{sub.name} = {shown!r}")
+                continue
+            kind = str(f.type).replace("typing.", "")
+            lines.append(f"  {name} = {current!r}  ({kind})")
+    return "\n".join(lines)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

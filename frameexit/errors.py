@@ -22,21 +22,34 @@ class ConfigError(FrameExitError, ValueError):
 class VideoDecodeError(FrameExitError):
     """A video could not be read.
 
-    ``kind`` is one of ``missing``, ``empty``, ``truncated``, ``not_video``,
-    ``unreadable``, ``index_out_of_range``, ``timeout``, ``access_denied`` (the storage
-    refused the credentials or the permission: fix configuration, not the file).
+    ``kind`` says why, and whether trying again later can help (:attr:`retryable`):
+
+    * final — the file itself: ``missing``, ``empty``, ``truncated`` (no decodable frame),
+      ``not_video``, ``unreadable`` (damaged data), ``index_out_of_range``, ``too_large``
+      (over ``data.max_video_bytes``), ``crashed`` (decoding it killed its worker twice);
+    * retryable — the storage or the moment: ``timeout`` (over the decode time budget),
+      ``access_denied`` (credentials or permissions: fix the configuration, not the
+      file), ``throttled`` (503 SlowDown / 429 after the client's own retries),
+      ``unavailable`` (connection refused or reset, 5xx).
     """
 
-    KINDS = (
+    FINAL = (
         "missing",
         "empty",
         "truncated",
         "not_video",
         "unreadable",
         "index_out_of_range",
-        "timeout",
-        "access_denied",
+        "too_large",
+        "crashed",
     )
+    RETRYABLE = ("timeout", "access_denied", "throttled", "unavailable")
+    KINDS = FINAL + RETRYABLE
+
+    @property
+    def retryable(self) -> bool:
+        """True when a later attempt may succeed without changing the file."""
+        return self.kind in self.RETRYABLE
 
     def __init__(self, uri: str, kind: str, reason: str) -> None:
         if kind not in self.KINDS:

@@ -11,6 +11,14 @@ policy order, only for the videos still running, and label selection.
         exited videos leave the batch and are never read again (compaction)
     ──► one VideoOutcome per request: exit step, scores, frames decoded, or the error
 
+The device path (:func:`device_plan`, from ``label.*``): on a GPU the model runs in bf16
+autocast with channels_last, frames go through pinned memory with non-blocking copies,
+and while step t computes, the decode threads already decode step t+1's frames of the
+videos still running and copy them to the device on a side stream; what a video that
+exits at t was given for t+1 is dropped (counted, never reported as its error). On CPU
+none of this is on by default (decode and compute share the cores), and each part can be
+switched on for tests.
+
 No Ray here: a Ray Data actor (``pipelines/labeling``) or any other driver calls
 :func:`label_videos` on its batches.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -29,9 +38,60 @@ import torch
 
 from frameexit.config import Config
 from frameexit.errors import VideoDecodeError
+from frameexit.policy import video_seed
 from frameexit.sampling import open_window, read_steps, step_indices, step_input_shape
 
 Opener = Callable[[str], Any]  # uri -> an open frameexit.video.VideoReader
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How a labeling model runs on its device (see the module docstring)."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None  # None: full precision
+    channels_last: bool = False
+    pin_memory: bool = False  # page-locked host frames, non-blocking copies (CUDA only)
+    prefetch_next_step: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of the model's forward passes (a no-op at fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def device_plan(cfg: Config, device: str | torch.device = "cpu") -> DevicePlan:
+    """The :class:`DevicePlan` of ``label.precision``, ``label.channels_last`` and
+    ``label.prefetch_next_step`` on ``device`` (``auto``/None: on for CUDA, off for CPU)."""
+    device = torch.device(device)
+    gpu = device.type == "cuda"
+    label = cfg.label
+    if label.precision == "bf16" or (label.precision == "auto" and gpu):
+        dtype: torch.dtype | None = torch.bfloat16
+    else:
+        dtype = None
+    return DevicePlan(
+        device=device,
+        autocast_dtype=dtype,
+        channels_last=gpu if label.channels_last is None else bool(label.channels_last),
+        pin_memory=gpu,
+        prefetch_next_step=gpu if label.prefetch_next_step is None else label.prefetch_next_step,
+    )
+
+
+def prepare_model(model: torch.nn.Module, plan: DevicePlan) -> torch.nn.Module:
+    """``model`` on the plan's device, in eval mode, in channels_last when planned (the
+    3D memory format for 3D backbones: their conv weights are 5-D)."""
+    model = model.to(plan.device).eval()
+    if plan.channels_last:
+        three_d = any(p.dim() == 5 for p in model.parameters())
+        model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
+    return model
+
+
+def _memory_format(frames: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last_3d if frames.dim() == 5 else torch.channels_last
 
 
 @dataclass
@@ -55,6 +115,7 @@ class VideoOutcome:
     scores: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     error: VideoDecodeError | None = None
+    warning: str | None = None  # something odd about the file that did not stop it
 
     @property
     def ok(self) -> bool:
@@ -70,8 +131,8 @@ def as_decode_error(uri: str, error: BaseException) -> VideoDecodeError:
 
 
 def reader_opener(cfg: Config) -> Opener:
-    """``uri -> VideoReader`` with the run's decode settings (backend, time budget) and
-    ``data.storage_options`` for remote URIs."""
+    """``uri -> VideoReader`` with the run's decode settings (backend, time budget, fetch
+    mode and its size threshold) and ``data.storage_options`` for remote URIs."""
     from frameexit.storage import options_for
     from frameexit.video import open_video
 
@@ -83,17 +144,31 @@ def reader_opener(cfg: Config) -> Opener:
             storage_options=options_for(uri, d.storage_options) or None,
             timeout_s=d.decode_timeout_s,
             backend=d.decode_backend,
+            fetch=d.decode_fetch,
+            range_min_bytes=d.decode_range_min_bytes,
+            max_bytes=d.max_video_bytes,
         )
 
     return open_reader
 
 
-@dataclass
+@dataclass(eq=False)
 class _Video:
     request: VideoRequest
     outcome: VideoOutcome
     reader: Any = None
     indices: list[int] = field(default_factory=list)
+    ahead: Any = None  # (step, Future of _Decoded) decoded ahead of its step
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one decode at a time
+
+
+@dataclass
+class _Decoded:
+    """One video's inputs for one step, decoded (and, planned, on the device already)."""
+
+    frames: torch.Tensor | None = None
+    error: BaseException | None = None
+    ready: Any = None  # CUDA event: the side-stream copy is done
 
 
 class BatchFrameSource:
@@ -112,6 +187,7 @@ class BatchFrameSource:
         *,
         open_reader: Opener,
         pool: Executor,
+        plan: DevicePlan | None = None,
     ) -> None:
         from frameexit.backbones import backbone_spec
         from frameexit.policy import get_policy
@@ -126,6 +202,9 @@ class BatchFrameSource:
         self.blank = torch.zeros(step_input_shape(m.image_size, m.clip_length))
         self.videos = [_Video(r, VideoOutcome(r.uri)) for r in requests]
         self.running: list[int] = []
+        self.plan = plan or DevicePlan(torch.device("cpu"))
+        self.frames_ahead_unused = 0  # decoded ahead for a step the video never reached
+        self._streams = threading.local()
 
     def open(self) -> None:
         """Open every video and plan its T step indices (failures become outcomes)."""
@@ -137,32 +216,88 @@ class BatchFrameSource:
             v.reader = self.open_reader(v.request.uri)
             window = open_window(v.reader, v.request.uri, v.request.start, v.request.end)
             v.outcome.num_frames = window.num_frames
-            v.indices = step_indices(window, self.policy, self.cfg.model.num_steps)
+            v.outcome.warning = window.warning
+            seed = video_seed(self.cfg.train.seed, v.request.uri)  # random policies only
+            v.indices = step_indices(window, self.policy, self.cfg.model.num_steps, seed=seed)
+            v.reader.plan(v.indices)  # keep later steps' frames passed while decoding
         except Exception as error:  # noqa: BLE001 - every failure becomes this video's outcome
             self._fail(v, error)
 
-    def _frame(self, v: _Video, step: int) -> torch.Tensor:
+    def _decode(self, v: _Video, step: int) -> _Decoded:
+        """Step ``step``'s input of ``v`` (no side effect on its outcome: a step decoded
+        ahead may never be used). Planned: pinned and copied to the device on this
+        thread's side stream."""
         from frameexit.transforms import frames_to_tensor
 
-        if v.outcome.error is not None:
-            return self.blank
         m = self.cfg.model
         try:
-            raw = read_steps(v.reader, [v.indices[step]], m.clip_length)
-            v.outcome.frames_decoded += m.clip_length
-            return frames_to_tensor(raw, image_size=m.image_size, mean=self.mean, std=self.std)
+            with v.lock:
+                if v.reader is None:
+                    raise RuntimeError("the video was closed")
+                raw = read_steps(v.reader, [v.indices[step]], m.clip_length)
+            frames = frames_to_tensor(raw, image_size=m.image_size, mean=self.mean, std=self.std)
         except Exception as error:  # noqa: BLE001 - a failure at step t > 1 is this video's
-            self._fail(v, error)
-            return self.blank
+            return _Decoded(error=error)
+        if not self.plan.pin_memory:
+            return _Decoded(frames=frames)
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(self.plan.device)
+        with torch.cuda.stream(stream):
+            frames = frames.pin_memory().to(self.plan.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return _Decoded(frames=frames, ready=ready)
+
+    def _take(self, v: _Video, step: int) -> torch.Tensor:
+        """``v``'s input for ``step``: decoded ahead when it was, else now; a failure
+        becomes the video's outcome and a blank input."""
+        if v.outcome.error is not None:
+            return self._blank()
+        ahead, v.ahead = v.ahead, None
+        decoded = ahead[1].result() if ahead is not None else self._decode(v, step)
+        if decoded.error is not None:
+            self._fail(v, decoded.error)
+            return self._blank()
+        v.outcome.frames_decoded += self.cfg.model.clip_length
+        if decoded.ready is not None:
+            torch.cuda.current_stream(self.plan.device).wait_event(decoded.ready)
+            decoded.frames.record_stream(torch.cuda.current_stream(self.plan.device))
+        return decoded.frames
+
+    def _blank(self) -> torch.Tensor:
+        return self.blank.to(self.plan.device) if self.plan.pin_memory else self.blank
 
     def _fail(self, v: _Video, error: BaseException) -> None:
         v.outcome.error = as_decode_error(v.request.uri, error)
         self._close(v)
 
     def __call__(self, step: int, active: torch.Tensor) -> torch.Tensor:
-        """Step ``step``'s inputs of the running videos at positions ``active``."""
+        """Step ``step``'s inputs of the running videos at positions ``active`` (on the
+        plan's device, in its memory format); with ``prefetch_next_step``, step + 1 of the
+        same videos starts decoding before this returns."""
         chosen = [self.videos[self.running[i]] for i in active.tolist()]
-        return torch.cat(list(self.pool.map(lambda v: self._frame(v, step), chosen)))
+        running = {id(v) for v in chosen}
+        for v in self.videos:  # decoded ahead for a video that has exited since: dropped
+            if v.ahead is not None and (id(v) not in running or v.ahead[0] != step):
+                self._drop_ahead(v)
+        frames = torch.cat(list(self.pool.map(lambda v: self._take(v, step), chosen)))
+        if self.plan.prefetch_next_step and step + 1 < self.cfg.model.num_steps:
+            for v in chosen:
+                if v.outcome.error is None:
+                    v.ahead = (step + 1, self.pool.submit(self._decode, v, step + 1))
+        if self.plan.pin_memory and frames.device.type == "cpu":
+            frames = frames.pin_memory().to(self.plan.device, non_blocking=True)
+        if self.plan.channels_last:
+            frames = frames.contiguous(memory_format=_memory_format(frames))
+        return frames
+
+    def _drop_ahead(self, v: _Video) -> None:
+        _, future = v.ahead
+        v.ahead = None
+        with contextlib.suppress(Exception):
+            future.result()  # let it finish before the reader is closed or reused
+        self.frames_ahead_unused += self.cfg.model.clip_length
 
     @staticmethod
     def _close(v: _Video) -> None:
@@ -172,8 +307,10 @@ class BatchFrameSource:
             v.reader = None
 
     def close(self) -> None:
-        """Release every reader (idempotent)."""
+        """Release every reader (idempotent); steps decoded ahead are waited for first."""
         for v in self.videos:
+            if v.ahead is not None:
+                self._drop_ahead(v)
             self._close(v)
 
 
@@ -186,21 +323,29 @@ def label_videos(
     open_reader: Opener | None = None,
     threshold: float | None = None,
     exit: bool = True,
+    plan: DevicePlan | None = None,
+    stats: dict[str, int] | None = None,
 ) -> list[VideoOutcome]:
     """Batched early exit over ``requests``: one :class:`VideoOutcome` per request, in
-    order. ``exit=False`` runs every video for all T steps."""
+    order. ``exit=False`` runs every video for all T steps. ``plan``: the device path
+    (default: full precision on the model's device, nothing ahead); the model must be on
+    ``plan.device`` (:func:`prepare_model`). ``stats`` (if given) gains
+    ``frames_ahead_unused``: frames decoded ahead for steps their videos never reached."""
+    if plan is None:
+        plan = DevicePlan(next(model.parameters()).device)
     source = BatchFrameSource(
-        requests, cfg, open_reader=open_reader or reader_opener(cfg), pool=pool
+        requests, cfg, open_reader=open_reader or reader_opener(cfg), pool=pool, plan=plan
     )
     try:
         source.open()
         if source.running:
-            result = model.early_exit(
-                source,
-                len(source.running),
-                threshold=cfg.model.exit_threshold if threshold is None else threshold,
-                exit=exit,
-            )
+            with plan.autocast():
+                result = model.early_exit(
+                    source,
+                    len(source.running),
+                    threshold=cfg.model.exit_threshold if threshold is None else threshold,
+                    exit=exit,
+                )
             scores, logits = result.scores.float().cpu(), result.logits.float().cpu()
             for i, position in enumerate(source.running):
                 outcome = source.videos[position].outcome
@@ -209,6 +354,10 @@ def label_videos(
                     outcome.scores, outcome.logits = scores[i], logits[i]
     finally:
         source.close()
+        if stats is not None:
+            stats["frames_ahead_unused"] = (
+                stats.get("frames_ahead_unused", 0) + source.frames_ahead_unused
+            )
     return [v.outcome for v in source.videos]
 
 

@@ -27,10 +27,12 @@ from frameexit.errors import VideoDecodeError
 
 @dataclass(frozen=True)
 class FrameWindow:
-    """The frames of a video that a row uses: ``first`` and ``num_frames`` of the file."""
+    """The frames of a video that a row uses: ``first`` and ``num_frames`` of the file;
+    ``warning`` says what was odd (a header declaring more frames than the file holds)."""
 
     first: int
     num_frames: int
+    warning: str | None = None
 
     def indices(self, offsets: Sequence[int]) -> list[int]:
         """File frame indices of window-relative ``offsets``."""
@@ -62,19 +64,46 @@ def segment_window(
     return FrameWindow(first, last - first)
 
 
-def step_indices(window: FrameWindow, policy: Any, num_steps: int) -> list[int]:
-    """The T file frame indices the policy visits in ``window`` (step order)."""
+def step_indices(
+    window: FrameWindow, policy: Any, num_steps: int, *, seed: int | None = None
+) -> list[int]:
+    """The T file frame indices the policy visits in ``window`` (step order); a random
+    policy draws them from ``seed`` (``frameexit.policy.video_seed``)."""
+    from frameexit.policy import takes_seed
+
+    if seed is not None and takes_seed(policy):
+        return window.indices(policy(window.num_frames, num_steps, seed=seed))
     return window.indices(policy(window.num_frames, num_steps))
 
 
 def open_window(
-    reader: Any, uri: str, start: float | None = None, end: float | None = None
+    reader: Any,
+    uri: str,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    known_frames: int | None = None,
 ) -> FrameWindow:
-    """The window of an open ``VideoReader`` for ``[start, end)``; a container without
-    frames is a ``VideoDecodeError`` of kind ``empty``."""
-    if int(reader.num_frames) < 1:
+    """The window of an open ``VideoReader`` for ``[start, end)`` over the frames the
+    file really holds: a header that overstates the length (common in real downloads)
+    gives a window over the decodable frames and a ``warning``, not an error. A container
+    without frames is a ``VideoDecodeError`` of kind ``empty``; one whose frames are all
+    missing, ``truncated``. ``known_frames`` (a checked manifest's ``num_frames``) caps
+    the frames used when it is smaller."""
+    table = int(reader.num_frames)
+    if table < 1:
         raise VideoDecodeError(uri, "empty", "the container holds no frames")
-    return segment_window(int(reader.num_frames), float(reader.fps or 0.0), start, end)
+    present = int(getattr(reader, "decodable_frames", table))
+    if known_frames is not None and 0 < int(known_frames) < present:
+        present = int(known_frames)
+    declared = max(table, int(getattr(reader, "declared_frames", 0) or 0))
+    if present < 1:
+        raise VideoDecodeError(uri, "truncated", f"declares {declared} frames, none is present")
+    window = segment_window(present, float(reader.fps or 0.0), start, end)
+    if present < declared:
+        note = f"the header declares {declared} frames, {present} are present: labeled from those"
+        return FrameWindow(window.first, window.num_frames, note)
+    return window
 
 
 def read_steps(reader: Any, indices: Sequence[int], clip_length: int) -> np.ndarray:

@@ -12,7 +12,7 @@ take endpoint and credentials from the standard places: ``AWS_ACCESS_KEY_ID`` /
 
     names     is_local · is_remote · local_path · absolute_uri · join_uri · parent_uri
     access    url_to_fs · pyarrow_filesystem · options_for · open_uri · read_bytes · exists
-              list_files · makedirs · remove
+              list_files · makedirs · remove · classify_storage_error (retryable or not)
     writes    atomic_write · write_bytes · write_text · write_parquet · upload_dir (readers
               never see a half-written file; files get the usual 0644-under-umask mode)
     reads     read_parquet
@@ -43,6 +43,7 @@ __all__ = [
     "REDACTED",
     "absolute_uri",
     "atomic_write",
+    "classify_storage_error",
     "exists",
     "is_local",
     "is_remote",
@@ -226,6 +227,65 @@ def list_files(
     wanted = tuple(s.lower() for s in suffixes) if suffixes is not None else None
     out = [p for p in found if wanted is None or p.lower().endswith(wanted)]
     return sorted(_unstrip(fs, p, uri) for p in out)
+
+
+_THROTTLED = re.compile(
+    r"SlowDown|reduce your request rate|Throttl|TooManyRequests|RequestLimitExceeded|"
+    r"\b429\b|rate exceeded",
+    re.IGNORECASE,
+)
+_DENIED = re.compile(
+    r"AccessDenied|ExpiredToken|InvalidAccessKeyId|SignatureDoesNotMatch|InvalidToken|"
+    r"TokenRefreshRequired|Forbidden|\b403\b",
+    re.IGNORECASE,
+)
+_UNAVAILABLE = re.compile(
+    r"EndpointConnectionError|ConnectionClosedError|ConnectTimeout|ClientOSError|"
+    r"ServerDisconnected|ClientConnector|Connection (reset|refused|aborted)|"
+    r"ServiceUnavailable|InternalError|BadGateway|GatewayTimeout|\b50[0234]\b|"
+    r"Remote end closed|IncompleteRead|ResponseParserError|ClientPayloadError",
+    re.IGNORECASE,
+)
+_TIMEOUT = re.compile(r"ReadTimeout|timed out|TimeoutError", re.IGNORECASE)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def classify_storage_error(error: BaseException) -> str | None:
+    """What a storage failure means, as a ``VideoDecodeError`` kind, or None if it is not
+    a storage failure: ``missing`` (no such object), ``access_denied``, ``throttled``
+    (503 SlowDown / 429 after the client's own retries), ``timeout``, ``unavailable``
+    (connection refused/reset, 5xx). The last four are retryable: the object may read
+    fine later. Looks through the exception chain (s3fs wraps botocore/aiohttp errors)."""
+    for e in _chain(error):
+        if isinstance(e, FileNotFoundError | IsADirectoryError):
+            return "missing"
+        if isinstance(e, PermissionError):
+            return "access_denied"
+        status = getattr(e, "response", None)
+        code = (
+            status.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, dict)
+            else None
+        )
+        text = f"{type(e).__name__}: {e}"
+        if code in (429, 503) or _THROTTLED.search(text):
+            return "throttled"
+        if code in (401, 403) or _DENIED.search(text):
+            return "access_denied"
+        if (isinstance(code, int) and code >= 500) or _UNAVAILABLE.search(text):
+            return "unavailable"
+        if isinstance(e, ConnectionError):
+            return "unavailable"
+        if isinstance(e, TimeoutError) or _TIMEOUT.search(text):
+            return "timeout"
+    return None
 
 
 # --------------------------------------------------------------------------- writes

@@ -47,13 +47,16 @@ def frames_to_tensor(
     std: Sequence[float],
     train: bool = False,
     generator: torch.Generator | None = None,
+    view: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """uint8 frames ``[n, H, W, 3]`` → float ``[n, 3, S, S]``; clips ``[n, k, H, W, 3]`` →
     ``[n, 3, k, S, S]``.
 
-    Eval: resize the shorter side to :func:`resize_size` and centre-crop S×S. Train: a
-    random S×S crop of the resized frames and a horizontal flip with probability 1/2, drawn
-    once per call from ``generator`` (the global RNG when None) so all n frames share them.
+    Eval: resize the shorter side to :func:`resize_size` and crop S×S: the centre, or with
+    ``view = (i, V)`` the i-th of V crops spread evenly along the longer side (V = 3: the
+    usual left / centre / right protocol). Train: a random S×S crop of the resized frames
+    and a horizontal flip with probability 1/2, drawn once per call from ``generator``
+    (the global RNG when None) so all n frames share them.
     """
     array = np.asarray(frames)
     if array.dtype != np.uint8:
@@ -90,6 +93,13 @@ def frames_to_tensor(
         flip = bool(torch.rand((1,), generator=generator) < 0.5)
     else:
         top, left = (new_h - size) // 2, (new_w - size) // 2
+        index, views = view
+        if views > 1:  # spread the crops along the longer side (centre one = the default)
+            span_h, span_w = new_h - size, new_w - size
+            if span_w >= span_h:
+                left = round(index * span_w / (views - 1))
+            else:
+                top = round(index * span_h / (views - 1))
     x = x[:, :, top : top + size, left : left + size]
     if flip:
         x = x.flip(-1)

@@ -91,3 +91,26 @@ def test_errors_survive_pickling() -> None:
     assert (decode.uri, decode.kind, decode.reason) == ("s3://b/v.mp4", "empty", "0 bytes")
     manifest = pickle.loads(pickle.dumps(ManifestError("m.csv", "no label", line=3)))
     assert (manifest.uri, manifest.reason, manifest.line) == ("m.csv", "no label", 3)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("data.decode_timeout_s=.inf", "data.decode_timeout_s"),
+        ("data.decode_timeout_s=.nan", "data.decode_timeout_s"),
+        ("train.beta=.inf", "train.beta"),
+        ("train.cpus_per_worker=.nan", "train.cpus_per_worker"),
+        ("train.stage1.gamma=2", "train.stage1.gamma"),
+        ("train.seed=-1", "train.seed"),
+        ("label.cpus_per_actor=0", "label.cpus_per_actor"),
+        ("label.gpus_per_actor=-1", "label.gpus_per_actor"),
+        ("label.lease_seconds=1", "label.lease_seconds"),
+        ("label.max_actor_restarts=-2", "label.max_actor_restarts"),
+        ("label.memory_per_actor_mb=0", "label.memory_per_actor_mb"),
+        ("label.multi_label_threshold=1.5", "label.multi_label_threshold"),
+    ],
+)
+def test_every_number_is_finite_and_in_range_naming_the_field(override, field):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert info.value.field == field

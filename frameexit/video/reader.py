@@ -2,31 +2,37 @@
 
 Data flow of one reader (opened once, asked step by step as the exit gates decide)::
 
-    URI ──Source──> bytes (local file | one GET | ranged block cache)
+    URI ──Source──> bytes (local file | one GET | header + ranges of the GOPs decoded)
                       │
-                      ├─ PyAV probe: container, stream, packet table (+ decord trust rule)
+                      ├─ PyAV: container, stream, frame table (sample index, or a scan)
                       │
-        get(step's indices) ──watchdog thread──> decord (trusted) | PyAV exact seek+decode
-                      │
+    plan(all steps' indices)   get(step's indices) ──watchdog thread──> PyAV exact decode
+                      │            (planned frames passed on the way are kept: a later
+                      │             step whose frame was passed costs nothing)
                       └─> uint8 [n, H, W, 3] in the order asked
 
-What is fetched when (remote URIs; local files are read in place by the decoders):
+What is fetched when (remote URIs; local files are read in place by the decoder):
 
-* ``fetch="whole"`` (default): the whole object in one GET inside ``open_video``; later
-  ``get`` calls read nothing from storage. Best for the usual clip (a few MB): one round
-  trip, and both decord and the packet scan need every packet anyway (decord indexes
-  every packet when it opens a file, and copies a file-like object whole into memory).
-* ``fetch="ranges"``: ``open_video`` reads the container header (MP4: the ``moov`` box,
-  wherever it is) through an fsspec block cache (``block_size`` bytes per GET, LRU of
-  ``max_blocks``); each ``get`` then reads only the blocks of the GOPs it decodes, and a
-  block stays cached for later steps. Uses PyAV's index mode (see ``pyav_backend``);
-  containers without a sample index (MKV/WebM/TS) fall back to a scan, i.e. every block is
-  read once at open. Worth it for long videos where an early exit leaves most GOPs unread.
+* ``fetch="auto"`` (default): one GET of the first 64 KiB (``source.HEAD_BYTES``; S3 says
+  the object's size in the same answer). A smaller object is then whole in memory, one
+  under ``range_min_bytes`` (``data.decode_range_min_bytes``) is completed with a second
+  GET; a larger one goes on as ``"ranges"`` with those bytes kept (header, often the
+  start of the first GOP, which coarse-to-fine asks for at step 2).
+* ``fetch="whole"``: the whole object in one GET inside ``open_video``.
+* ``fetch="ranges"``: the header at open, then per ``get`` the byte range of the packets
+  from the keyframe to the frame asked for (announced by the decoder, one request), so
+  bytes read follow frames decoded. Containers without a per-frame sample index
+  (MKV/WebM/TS, AVI with B-frames) need a scan: the rest of the object is fetched in one
+  request at open.
 
-Exactness: ``backend="auto"`` uses decord only where its random access is known to be
-exact (``decord_backend.trust_decord``) and PyAV's exact seek otherwise; ``"pyav"``
-always the exact path; ``"decord"`` trusts decord blindly (fast, wrong on open GOPs,
-AVI and MPEG-TS). ``VideoReader.backend`` and ``.fallback_reason`` say what was used.
+Exactness (``backend``): ``"auto"`` and ``"pyav"`` (the same today) return for every index
+the frame a plain sequential PyAV decode outputs at that position, by construction (see
+``pyav_backend``): frames are identified by pts in a table built from the container's
+sample index (checked against every packet read) or a scan, never by counting after a
+seek. ``"decord"`` is decord's own random access, used only when asked for: faster to
+open on some files, but wrong on many (``decord_backend`` lists where). torchcodec was
+measured as a candidate for ``auto`` and not adopted (``decord_backend`` doc and the
+README say why).
 
 Time bound: with ``timeout_s`` set, all work for a reader runs on one daemon thread and
 the caller waits at most ``timeout_s`` *in total* over ``open_video`` and every ``get``
@@ -48,10 +54,11 @@ from typing import Any
 import numpy as np
 
 from frameexit.errors import VideoDecodeError
-from frameexit.video.decord_backend import DecordDecoder, trust_decord
+from frameexit.storage import classify_storage_error
+from frameexit.video.decord_backend import DecordDecoder
 from frameexit.video.pyav_backend import Cancelled, PyAVDecoder
 from frameexit.video.source import (
-    DEFAULT_MAX_BLOCKS,
+    DEFAULT_RANGE_MIN_BYTES,
     FETCH_MODES,
     Source,
     _error_for,
@@ -63,6 +70,7 @@ DEFAULT_TIMEOUT_S = 120.0
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_RANGE_MIN_BYTES",
     "DEFAULT_TIMEOUT_S",
     "FETCH_MODES",
     "VideoReader",
@@ -147,9 +155,10 @@ class _Watchdog:
 class VideoReader:
     """One open video. Use ``open_video``; close it (or use ``with``) when done.
 
-    ``num_frames`` (what the container declares), ``fps``, ``backend`` (``decord`` or
-    ``pyav``), ``fallback_reason`` (why decord was not used, or None), ``get(indices)``,
-    ``get_clips(indices, length)``, ``stats`` (storage requests and bytes so far).
+    ``num_frames`` (frames a sequential decode outputs; for a cut file, what the container
+    declares), ``fps``, ``backend`` (``pyav`` or ``decord``), ``get(indices)``,
+    ``get_clips(indices, length)``, ``plan(indices)``, ``stats`` (storage requests and
+    bytes so far, frames decoded, table mode).
     """
 
     def __init__(
@@ -157,12 +166,13 @@ class VideoReader:
         uri: str,
         *,
         storage_options: Mapping[str, Any] | None = None,
-        fetch: str = "whole",
+        fetch: str = "auto",
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         backend: str = "auto",
         threads: int = 1,
         block_size: int | None = None,
-        max_blocks: int = DEFAULT_MAX_BLOCKS,
+        range_min_bytes: int = DEFAULT_RANGE_MIN_BYTES,
+        max_bytes: int | None = None,
     ) -> None:
         if fetch not in FETCH_MODES:
             raise ValueError(f"fetch must be one of {FETCH_MODES}, got {fetch!r}")
@@ -172,20 +182,23 @@ class VideoReader:
             raise ValueError("backend='decord' cannot read byte ranges (it reads whole files)")
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
+        if range_min_bytes < 1:
+            raise ValueError(f"range_min_bytes must be >= 1, got {range_min_bytes}")
         self.uri = str(uri)
         self.backend = ""
-        self.fallback_reason: str | None = None
         self._decoder: Any = None
         self._source: Source | None = None
         self._closed = False
         self._watchdog = _Watchdog(self.uri, timeout_s)
         opts = dict(
             storage_options=storage_options,
-            fetch=fetch,
+            # decord reads whole files: a ranged start would only add requests
+            fetch="whole" if backend == "decord" and fetch == "auto" else fetch,
             backend=backend,
             threads=threads,
             block_size=block_size,
-            max_blocks=max_blocks,
+            range_min_bytes=range_min_bytes,
+            max_bytes=max_bytes,
         )
         try:
             self._watchdog.call(self._open, opts)
@@ -201,47 +214,31 @@ class VideoReader:
             storage_options=opts["storage_options"],
             fetch=opts["fetch"],
             block_size=opts["block_size"],
-            max_blocks=opts["max_blocks"],
+            range_min_bytes=opts["range_min_bytes"],
+            max_bytes=opts["max_bytes"],
         )
-        threads, backend = opts["threads"], opts["backend"]
-        if backend == "decord":
+        threads = opts["threads"]
+        if opts["backend"] == "decord":
             try:
                 self._use(DecordDecoder(src.decord_input(), threads=threads), "decord")
+                if src.path is None:
+                    src.close()  # decord keeps its own copy of the bytes
                 return
             except Exception as exc:  # noqa: BLE001 - find out why with the PyAV probe below
-                decord_error = exc
-        probe = self._probe(src, "index" if opts["fetch"] == "ranges" else "scan", threads)
-        if backend == "decord":
-            probe.close()
-            raise VideoDecodeError(self.uri, "unreadable", f"decord cannot open it: {decord_error}")
-        reason = None
-        if backend == "pyav":
-            reason = "backend='pyav' requested"
-        elif opts["fetch"] == "ranges":
-            reason = "fetch='ranges' (decord reads whole files)"
-        else:
-            reason = trust_decord(probe)
-        if reason is None:
-            try:
-                fast = DecordDecoder(src.decord_input(), threads=threads)
-            except Exception as exc:  # noqa: BLE001 - e.g. WebM without cues (decord#91)
-                reason = f"decord cannot open it: {exc}"
-            else:
-                if fast.num_frames == probe.num_frames:
-                    probe.close()
-                    self._use(fast, "decord")
-                    if src.path is None:
-                        src.close()  # decord keeps its own copy of the bytes
-                    return
-                reason = f"decord counts {fast.num_frames} frames, the container {probe.num_frames}"
-                fast.close()
-        self.fallback_reason = reason
-        self._use(probe, "pyav")
+                self._probe(src, threads).close()
+                raise VideoDecodeError(
+                    self.uri, "unreadable", f"decord cannot open it: {exc}"
+                ) from exc
+        self._use(self._probe(src, threads), "pyav")
 
-    def _probe(self, src: Source, mode: str, threads: int) -> PyAVDecoder:
+    def _probe(self, src: Source, threads: int) -> PyAVDecoder:
         try:
             return PyAVDecoder(
-                src.pyav_input, self.uri, mode=mode, threads=threads, cancel=self._watchdog.cancel
+                src.pyav_input,
+                self.uri,
+                threads=threads,
+                cancel=self._watchdog.cancel,
+                source=src,
             )
         except (VideoDecodeError, Cancelled):
             raise
@@ -259,7 +256,7 @@ class VideoReader:
 
     # ------------------------------------------------------------------ reading
 
-    def _check(self, indices: Sequence[int]) -> list[int]:
+    def _check(self, indices: Sequence[int], *, present: bool = True) -> list[int]:
         if self._closed:
             raise ValueError(f"VideoReader for {self.uri} is closed")
         out = []
@@ -274,7 +271,7 @@ class VideoReader:
                 "index_out_of_range",
                 f"frame indices {bad[:8]} outside [0, {self.num_frames})",
             )
-        cut = [i for i in out if i >= self._decodable]
+        cut = [i for i in out if i >= self._decodable] if present else []
         if cut:
             raise VideoDecodeError(
                 self.uri,
@@ -290,7 +287,7 @@ class VideoReader:
         except (VideoDecodeError, Cancelled):
             raise
         except Exception as exc:  # noqa: BLE001 - decord/av/storage errors become typed
-            if isinstance(exc, (FileNotFoundError, PermissionError)):
+            if classify_storage_error(exc) is not None:  # storage, not the data
                 raise _error_for(self.uri, exc) from exc
             raise VideoDecodeError(
                 self.uri, "unreadable", f"{type(exc).__name__} while decoding: {exc}"
@@ -307,6 +304,17 @@ class VideoReader:
         frames = self._watchdog.call(self._decode, idx)
         return np.stack([frames[i] for i in idx])
 
+    def plan(self, indices: Sequence[int]) -> None:
+        """Announce the frames later ``get`` calls will ask for (all steps, repeats
+        allowed). Decoding on the way to one frame then keeps the planned frames it
+        passes (at most one copy each, until their last planned use), so a later step
+        whose frame was passed costs no decoding. Frames returned are the same as without
+        a plan. A new call replaces the plan."""
+        idx = self._check(indices, present=False)  # frames past a cut fail at their step
+        plan = getattr(self._decoder, "plan", None)
+        if plan is not None and not self._watchdog.timed_out:
+            plan(idx)
+
     def get_clips(self, indices: Sequence[int], length: int) -> np.ndarray:
         """For each index the ``length`` frames around it (``clip_indices``), as uint8
         ``[n, length, H, W, 3]``."""
@@ -320,14 +328,50 @@ class VideoReader:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Storage requests and bytes fetched so far (0 for local files), backend used."""
+        """Storage requests and bytes fetched so far (0 for local files), how the object is
+        read (``fetch``: local, whole, ranges), backend, frame-table mode (``index`` /
+        ``scan``) and frames the decoder has output so far (``frames_decoded``)."""
         src = self._source
         return {
             "backend": self.backend,
             "mode": getattr(self._decoder, "mode", None),
+            "fetch": getattr(src, "fetch", None),
             "requests": src.requests if src else 0,
             "bytes_fetched": src.bytes_fetched if src else 0,
             "size": getattr(src, "size", None),
+            "frames_decoded": getattr(self._decoder, "frames_decoded", None),
+        }
+
+    @property
+    def decodable_frames(self) -> int:
+        """Frames known to be present (fewer than ``num_frames`` when the frame table
+        lists frames whose data the file does not hold)."""
+        return int(self._decodable)
+
+    @property
+    def declared_frames(self) -> int:
+        """The frame count the stream header declares (0 when it declares none); more
+        than ``decodable_frames`` when the header overstates the length."""
+        return int(getattr(self._decoder, "declared_frames", 0) or 0)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the stream header says: ``num_frames`` (declared), ``decodable_frames``,
+        ``fps``, ``duration`` (s, of the decodable frames), ``width``, ``height``,
+        ``codec``, ``container``, and the backend that reads it."""
+        decoder = self._decoder
+        fps = float(self.fps or 0.0)
+        return {
+            "num_frames": int(self.num_frames),
+            "decodable_frames": self.decodable_frames,
+            "declared_frames": self.declared_frames,
+            "fps": fps,
+            "duration": self.decodable_frames / fps if fps else None,
+            "width": getattr(decoder, "width", None),
+            "height": getattr(decoder, "height", None),
+            "codec": getattr(decoder, "codec_name", None),
+            "container": getattr(decoder, "format_name", None),
+            "backend": self.backend,
         }
 
     def close(self) -> None:
@@ -363,12 +407,13 @@ def open_video(
     uri: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
-    fetch: str = "whole",
+    fetch: str = "auto",
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     backend: str = "auto",
     threads: int = 1,
     block_size: int | None = None,
-    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    range_min_bytes: int = DEFAULT_RANGE_MIN_BYTES,
+    max_bytes: int | None = None,
 ) -> VideoReader:
     """Open a video at any fsspec URI for repeated exact frame access (see module doc).
 
@@ -383,7 +428,8 @@ def open_video(
         backend=backend,
         threads=threads,
         block_size=block_size,
-        max_blocks=max_blocks,
+        range_min_bytes=range_min_bytes,
+        max_bytes=max_bytes,
     )
 
 
