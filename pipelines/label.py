@@ -26,8 +26,13 @@ object storage; credentials from the environment or ``data.storage_options``)::
 ``video`` column, Parquet) or a directory/prefix whose files are listed. Without
 ``--checkpoint`` a randomly initialised model of the config labels (with a warning).
 ``--no-exit`` runs all T frames; ``--threshold`` sets the exit threshold: label the same
-corpus both ways into two outputs to compare. Rerunning the same command after an
-interruption labels only what has no committed row. Output layout, row schema and the
+corpus both ways into two outputs to compare. After a run the output holds exactly one
+row per entry of the current input: rerunning after an interruption labels only what has
+no committed row, rows of retryable errors (timeout, access_denied, throttled,
+unavailable) are labeled again (``label.retry=false`` keeps them), and rows of entries
+removed from the input are dropped — unless ``--append`` (shards: one output, several
+inputs, nothing dropped). One run per output at a time (a lease). Output layout, row
+schema and the
 exactly-once argument: ``pipelines/labeling/``.
 """
 
@@ -41,15 +46,22 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/label.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frameexit.errors import CheckpointError, ConfigError, ManifestError  # noqa: E402
-from pipelines.common import setup_logging  # noqa: E402
+from frameexit.config import config_help  # noqa: E402
+from pipelines.common import run_command, setup_logging  # noqa: E402
 from pipelines.labeling import format_summary, run_labeling  # noqa: E402
 
 log = logging.getLogger("frameexit.label")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=config_help(["label", "data"])
+        + "\n  model.exit_threshold, model.first_step_threshold, model.policy (with --checkpoint)"
+        + "\nexit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/config, "
+        "3 runtime failure",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--input", required=True, help="manifest URI, or a directory/prefix")
     parser.add_argument("--output", required=True, help="output directory URI (Parquet parts)")
     parser.add_argument("--checkpoint", help="model checkpoint URI (default: random init)")
@@ -60,28 +72,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-exit", action="store_true", help="use all T frames (no early exit)")
     parser.add_argument("--threshold", type=float, help="exit threshold (model.exit_threshold)")
     parser.add_argument("--overwrite", action="store_true", help="clear the output first")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this input (a shard) to an output that holds other inputs' rows; rows of "
+        "entries not in this input are kept",
+    )
     parser.add_argument("--decode-threads", type=int, help="decode threads per actor")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Ray's own progress bars and worker logs too"
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging(verbose_console=args.verbose)
     overrides = list(args.overrides)
     if args.no_exit:
         overrides.append("label.early_exit=false")
     if args.threshold is not None:
         overrides.append(f"model.exit_threshold={args.threshold}")
-    try:
-        summary = _run(args, overrides)
-    except (ConfigError, ManifestError, CheckpointError) as error:
-        log.error("%s", error)
-        raise SystemExit(2) from error
+    summary = _run(args, overrides)
     print(format_summary(summary), flush=True)
-    if not summary["complete"]:
-        raise SystemExit(1)
     return summary
 
 
@@ -94,10 +109,11 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> dict:
         overrides=overrides,
         classes_uri=args.classes,
         overwrite=args.overwrite,
+        append=args.append,
         decode_threads=args.decode_threads,
         progress=not args.no_progress,
     )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -3,11 +3,14 @@
 Per batch of ``label.batch_size`` rows (pandas), on a pool of decode threads (decord and
 PyAV release the GIL): ``frameexit.inference.label_videos`` opens every video once,
 decodes at step t only frame π_t of the videos still running, and drops exited videos
-from the batch. Each outcome becomes exactly one output row.
+from the batch. Each outcome becomes exactly one output row. A batch whose earlier
+attempt killed the actor is labeled in isolation mode (``isolation``), so a video that
+kills its worker twice gets a final ``crashed`` row and the job finishes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,51 +19,84 @@ import pandas as pd
 import pyarrow as pa
 
 from frameexit.errors import VideoDecodeError
-from frameexit.inference import VideoOutcome, VideoRequest, label_videos, select_labels
+from frameexit.inference import (
+    VideoOutcome,
+    VideoRequest,
+    device_plan,
+    label_videos,
+    prepare_model,
+    reader_opener,
+    select_labels,
+)
+from frameexit.storage import scrub
+from pipelines.labeling.isolation import DEATHS_TO_CRASH, ExclusiveGate, batch_key
 from pipelines.labeling.schema import STATUS_OK, output_row, rows_to_table
+
+#: Test hook: the worker process dies (``os._exit``) when it opens a URI containing this.
+POISON_ENV = "FRAMEEXIT_INJECT_POISON"
 
 
 class VideoLabeler:
     """Ray Data actor: a FrameExit model that labels pandas batches of input rows.
 
-    Built once per actor (model weights come through the object store, so every actor has
-    the same model, checkpointed or random). ``__call__`` returns a ``pyarrow.Table`` of
-    ``OUTPUT_SCHEMA`` with exactly one row per input row. Usable without Ray (tests).
+    Built once per actor (model weights and the config, credentials included, come
+    through the object store, never as plain task arguments). ``__call__`` returns a
+    ``pyarrow.Table`` of ``OUTPUT_SCHEMA`` with exactly one row per input row. Usable
+    without Ray (tests): then there is no ledger and no isolation.
     """
 
     def __init__(
         self,
-        cfg: dict[str, Any],
+        cfg: Any,
         weights: Any,
         class_names: Sequence[str],
         *,
         step_gflops: float,
+        run_id: str = "",
         decode_threads: int = 2,
         device: str = "cpu",
         torch_threads: int | None = None,
         backend: str | None = None,
+        ledger: str | None = None,
+        poison: str | None = None,
     ) -> None:
         import torch
 
         from frameexit.checkpoint import model_from_state
         from frameexit.config import config_from_dict
 
-        if isinstance(weights, list):  # [ObjectRef] (a bare ref would not reach us as-is)
-            import ray
+        if isinstance(weights, list) or isinstance(cfg, list):  # [ObjectRef]s: a bare ref
+            import ray  # would not reach us as-is
 
-            weights = ray.get(weights[0])
+            weights = ray.get(weights[0]) if isinstance(weights, list) else weights
+            cfg = ray.get(cfg[0]) if isinstance(cfg, list) else cfg
         self.cfg = config_from_dict(cfg)
         if backend:
             self.cfg.data.decode_backend = backend
         self.backend = self.cfg.data.decode_backend
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model = model_from_state(self.cfg.model, weights, source="labeling weights")
-        self.model = self.model.to(device).eval()
+        self.plan = device_plan(self.cfg, device)
+        model = model_from_state(self.cfg.model, weights, source="labeling weights")
+        self.model = prepare_model(model, self.plan)
         self.device = device
         self.class_names = list(class_names)
         self.step_gflops = float(step_gflops)
+        self.run_id = run_id
         self.pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="fe-decode")
+        self.gate = ExclusiveGate()
+        self.ledger = None
+        if ledger:
+            import ray
+
+            self.ledger = ray.get_actor(ledger)
+        self.poison = poison
+        self._open = reader_opener(self.cfg)
+
+    def _open_reader(self, uri: str) -> Any:
+        if self.poison and self.poison in uri:
+            os._exit(137)  # test hook: a video that kills its worker (like the OOM killer)
+        return self._open(uri)
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         return self.label(batch)
@@ -68,17 +104,55 @@ class VideoLabeler:
     def label(self, batch: pd.DataFrame) -> pa.Table:
         """One output row per row of ``batch`` (columns ``INPUT_COLUMNS``)."""
         rows = list(batch.itertuples(index=False))
+        if self.ledger is None:
+            return self._label(rows)
+        import ray
+
+        key = batch_key([str(r.input_id) for r in rows])
+        attempt, deaths = ray.get(self.ledger.start_batch.remote(key))
+        if attempt == 1:
+            with self.gate.normal():
+                table = self._label(rows)
+        else:
+            with self.gate.exclusive():
+                table = self._isolated(key, rows, deaths)
+        ray.get(self.ledger.finish_batch.remote(key))
+        return table
+
+    def _label(self, rows: list[Any]) -> pa.Table:
         requests = [VideoRequest(str(r.video), float(r.start), float(r.end)) for r in rows]
         outcomes = label_videos(
             self.model,
             requests,
             self.cfg,
             pool=self.pool,
+            open_reader=self._open_reader,
             exit=self.cfg.label.early_exit,
+            plan=self.plan,
         )
-        return rows_to_table(
-            [self._output(r, outcome) for r, outcome in zip(rows, outcomes, strict=True)]
-        )
+        return rows_to_table([self._output(r, o) for r, o in zip(rows, outcomes, strict=True)])
+
+    def _isolated(self, key: str, rows: list[Any], deaths: dict[str, int]) -> pa.Table:
+        """One video at a time; a video blamed for two deaths is not opened again."""
+        import ray
+
+        out = []
+        for r in rows:
+            input_id = str(r.input_id)
+            if deaths.get(input_id, 0) >= DEATHS_TO_CRASH:
+                error = VideoDecodeError(
+                    str(r.video),
+                    "crashed",
+                    f"decoding it killed its worker process {deaths[input_id]} times "
+                    "(decoder crash or out of memory); not tried again",
+                )
+                out.append(
+                    rows_to_table([self._output(r, VideoOutcome(str(r.video), error=error))])
+                )
+                continue
+            ray.get(self.ledger.video_in_flight.remote(key, input_id))
+            out.append(self._label([r]))
+        return pa.concat_tables(out) if out else rows_to_table([])
 
     def _output(self, r: Any, outcome: VideoOutcome) -> dict[str, Any]:
         from frameexit.flops import video_gflops
@@ -87,12 +161,18 @@ class VideoLabeler:
             row=int(r.row),
             input_id=str(r.input_id),
             video=outcome.uri,
+            start=_bound(r.start),
+            end=_bound(r.end),
             frames_decoded=outcome.frames_decoded,
             num_frames=outcome.num_frames,
+            attempts=int(getattr(r, "attempts", 1) or 1),
+            run_id=self.run_id,
+            warning=outcome.warning,
         )
         if not outcome.ok:
             error = outcome.error or VideoDecodeError(outcome.uri, "unreadable", "no answer")
-            return output_row(**base, status=error.kind, error=str(error))
+            message = scrub(str(error), self.cfg.data.storage_options)
+            return output_row(**base, status=error.kind, error=message)
         ids, values = select_labels(
             outcome.scores,
             multi_label=self.cfg.model.multi_label,
@@ -113,3 +193,8 @@ class VideoLabeler:
 
     def _name(self, index: int) -> str:
         return self.class_names[index] if index < len(self.class_names) else f"class_{index}"
+
+
+def _bound(value: Any) -> float | None:
+    value = float(value)
+    return value if value == value else None

@@ -1,41 +1,70 @@
-"""What to label: ``--input`` (a manifest or a directory/prefix) as input rows."""
+"""What to label: ``--input`` (a manifest or a directory/prefix) as input rows.
+
+Every entry of the input becomes one row with a stable ``input_id`` (see ``schema``):
+a listed file, a manifest row (each ``[start, end)`` segment and each repeat is its own
+entry), or an unparsable manifest row, answered at once as ``bad_manifest_row``. The
+rows are Arrow tables (a few dozen bytes per entry), not Python objects.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from frameexit.storage import absolute_uri, list_files, url_to_fs
-from pipelines.labeling.schema import STATUS_BAD_ROW, empty_output, output_row, rows_to_table
+from pipelines.labeling.schema import (
+    INPUT_SCHEMA,
+    STATUS_BAD_ROW,
+    bad_row_key,
+    entry_key,
+    input_ids,
+    output_row,
+    rows_to_table,
+)
 
 
 @dataclass
 class LabelInputs:
-    """What to label: ``videos`` (columns ``INPUT_COLUMNS``) and the rows that are already
-    answered without decoding (``bad`` — unparsable manifest rows, ``OUTPUT_SCHEMA``)."""
+    """What to label: ``videos`` (``INPUT_SCHEMA``) and the rows already answered without
+    decoding (``bad`` — unparsable manifest rows, ``OUTPUT_SCHEMA``)."""
 
-    videos: pd.DataFrame
+    videos: pa.Table
     bad: pa.Table
     kind: str  # "manifest" | "listing"
     class_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.videos) + self.bad.num_rows
+        return self.videos.num_rows + self.bad.num_rows
+
+    @property
+    def ids(self) -> pa.Array:
+        """Every input id (videos, then bad rows)."""
+        return pa.concat_arrays(
+            [
+                self.videos.column("input_id").combine_chunks(),
+                self.bad.column("input_id").combine_chunks().cast(pa.string()),
+            ]
+        )
 
 
-def _unique_ids(videos: Sequence[str]) -> list[str]:
-    seen: Counter[str] = Counter()
-    out = []
-    for video in videos:
-        seen[video] += 1
-        out.append(video if seen[video] == 1 else f"{video}#{seen[video]}")
-    return out
+def _video_table(uris: list[str], start: np.ndarray, end: np.ndarray) -> pa.Table:
+    keys = [entry_key(u, s, e) for u, s, e in zip(uris, start.tolist(), end.tolist(), strict=True)]
+    n = len(uris)
+    return pa.table(
+        {
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "input_id": pa.array(input_ids(keys), pa.string()),
+            "video": pa.array(uris, pa.string()),
+            "start": pa.array(start, pa.float64()),
+            "end": pa.array(end, pa.float64()),
+            "attempts": pa.array(np.ones(n, dtype=np.int32)),
+        },
+        schema=INPUT_SCHEMA,
+    )
 
 
 def read_inputs(
@@ -51,6 +80,7 @@ def read_inputs(
     ``.``, only ``suffixes`` if given, never anything under ``exclude_prefix`` — the output);
     anything else is a manifest for :func:`frameexit.manifests.load_manifest`, whose bad
     rows become ``bad_manifest_row`` output rows so that every input yields one row.
+    Video URIs are normalised (``absolute_uri``), so one file has one identity.
     """
     from frameexit.manifests import load_manifest
 
@@ -58,41 +88,34 @@ def read_inputs(
     fs, path = url_to_fs(uri, options)
     if fs.isdir(path):
         files = list_files(uri, suffixes=suffixes, storage_options=options)
-        files = [f for f in files if not f.rsplit("/", 1)[-1].startswith(".")]
+        files = [absolute_uri(f) for f in files if not f.rsplit("/", 1)[-1].startswith(".")]
         if exclude_prefix:
-            files = [f for f in files if not absolute_uri(f).startswith(exclude_prefix + "/")]
-        videos = pd.DataFrame(
-            {
-                "row": np.arange(len(files), dtype=np.int64),
-                "input_id": _unique_ids(files),
-                "video": files,
-                "start": np.full(len(files), np.nan),
-                "end": np.full(len(files), np.nan),
-            }
-        )
-        return LabelInputs(videos, empty_output(), "listing")
+            files = [f for f in files if not f.startswith(exclude_prefix.rstrip("/") + "/")]
+        nan = np.full(len(files), np.nan)
+        return LabelInputs(_video_table(files, nan, nan), rows_to_table([]), "listing")
 
-    loaded = load_manifest(uri, storage_options=options or None, save_class_map=False)
+    loaded = load_manifest(
+        uri, storage_options=options or None, save_class_map=False, duplicates="keep"
+    )
     table = loaded.table
     n = len(table)
-    uris = table["video"].astype(str).tolist()
-    videos = pd.DataFrame(
-        {
-            "row": np.arange(n, dtype=np.int64),
-            "input_id": _unique_ids(uris),
-            "video": uris,
-            "start": _seconds(table, "start"),
-            "end": _seconds(table, "end"),
-        }
+    videos = _video_table(
+        [absolute_uri(v) for v in table["video"].astype(str)],
+        _seconds(table, "start"),
+        _seconds(table, "end"),
     )
+    raws = [str(bad.raw) for bad in loaded.bad_rows.itertuples(index=False)]
+    ids = input_ids([bad_row_key(raw) for raw in raws])
     bad_rows = []
-    for k, bad in enumerate(loaded.bad_rows.itertuples(index=False)):
-        line = None if pd.isna(bad.line) else int(bad.line)
+    for k, (bad, input_id) in enumerate(
+        zip(loaded.bad_rows.itertuples(index=False), ids, strict=True)
+    ):
+        line = None if bad.line != bad.line or bad.line is None else int(bad.line)
         where = f"line {line}" if line is not None else f"bad row {k + 1}"
         bad_rows.append(
             output_row(
                 row=n + k,
-                input_id=f"manifest-line-{line}" if line is not None else f"manifest-bad-{k + 1}",
+                input_id=input_id,
                 video=None,
                 status=STATUS_BAD_ROW,
                 error=f"{uri}: {where}: {bad.reason}: {bad.raw}",
@@ -101,7 +124,9 @@ def read_inputs(
     return LabelInputs(videos, rows_to_table(bad_rows), "manifest", list(loaded.class_names))
 
 
-def _seconds(table: pd.DataFrame, column: str) -> np.ndarray:
+def _seconds(table: Any, column: str) -> np.ndarray:
+    import pandas as pd
+
     if column not in table:
         return np.full(len(table), np.nan)
     return pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64)

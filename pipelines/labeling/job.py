@@ -23,7 +23,7 @@ from frameexit.storage import (
 )
 from pipelines.labeling.inputs import LabelInputs, read_inputs
 from pipelines.labeling.parts import clear_output, list_parts
-from pipelines.labeling.schema import CONFIG_NAME, FINGERPRINT_NAME
+from pipelines.labeling.schema import CONFIG_NAME, FINGERPRINT_NAME, ID_SCHEME
 
 log = logging.getLogger("frameexit.pipelines.label")
 
@@ -177,7 +177,7 @@ def prepare_job(
         weights_digest.update(key.encode())
         weights_digest.update(weights[key].numpy().tobytes())
     fingerprint = {
-        "input": input_uri,
+        "id_scheme": ID_SCHEME,
         "checkpoint": checkpoint,
         "weights_sha256": weights_digest.hexdigest()[:32],
         "model": config_to_dict(cfg)["model"],
@@ -191,27 +191,44 @@ def prepare_job(
     return job, inputs
 
 
-def check_fingerprint(job: LabelJob, options: Mapping[str, Any], *, overwrite: bool) -> None:
-    """Refuse to add rows to an output made with other settings (or clear it: overwrite)."""
+def check_fingerprint(
+    job: LabelJob, options: Mapping[str, Any], *, overwrite: bool, append: bool = False
+) -> None:
+    """Refuse to add rows to an output made with other settings, or from another input
+    unless ``append`` (shards); ``overwrite`` clears the output first. Writes the record
+    (``_labeling.json``: settings and the inputs labeled into it) and ``_config.yaml``,
+    both without credentials."""
     if overwrite:
         clear_output(job.output, options)
     uri = join_uri(job.output, FINGERPRINT_NAME)
-    payload = json.dumps(redact(job.fingerprint), indent=1, sort_keys=True)
+    settings = json.loads(json.dumps(redact(job.fingerprint)))  # as written: JSON types
+    source = redact(job.input)
+    inputs = [source]
     if exists(uri, storage_options=options):
         recorded = json.loads(read_bytes(uri, storage_options=options))
-        current = json.loads(payload)  # compared as written: redacted, JSON types
-        differ = sorted(k for k in current if recorded.get(k) != current[k])
+        before = recorded.get("settings", {})
+        differ = sorted(k for k in settings if before.get(k) != settings[k])
         if differ:
             raise ConfigError(
                 "--output",
                 f"{job.output} holds labels made with other settings ({', '.join(differ)} "
                 "differ); rerun with the same settings, another --output, or --overwrite",
             )
+        known = list(recorded.get("inputs", []))
+        if source not in known and not append:
+            raise ConfigError(
+                "--output",
+                f"{job.output} holds the labels of {', '.join(known)}, not of {source}: "
+                "labeling another input here would remove their rows (the output is exactly "
+                "the current input). Use --append to add a shard, another --output, or "
+                "--overwrite",
+            )
+        inputs = known + ([source] if source not in known else [])
     elif list_parts(job.output, options):
         raise ConfigError("--output", f"{job.output} has parts but no {FINGERPRINT_NAME}")
-    else:
-        write_text(uri, payload, storage_options=options)
-        import yaml
+    record = {"settings": settings, "inputs": inputs, "append": bool(append)}
+    write_text(uri, json.dumps(record, indent=1, sort_keys=True), storage_options=options)
+    import yaml
 
-        text = yaml.safe_dump(redact(config_to_dict(job.cfg)), sort_keys=False)
-        write_text(join_uri(job.output, CONFIG_NAME), text, storage_options=options)
+    text = yaml.safe_dump(redact(config_to_dict(job.cfg)), sort_keys=False)
+    write_text(join_uri(job.output, CONFIG_NAME), text, storage_options=options)

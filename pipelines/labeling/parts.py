@@ -1,120 +1,303 @@
-"""The exactly-once part protocol: content-named parts, atomic commits, reading back.
+"""The exactly-once part protocol: content-named parts, atomic commits, one winner per id.
 
-A part is ``part-<hash of its sorted input ids>.parquet``, written atomically, so a part
-is visible only when complete and committing the same rows twice replaces the file with
-the same content instead of adding rows. A rerun reads the ids of the committed parts and
-labels only the rest.
+* A part is ``part-<hash of its sorted input ids>.parquet``, written atomically (a reader
+  sees it complete or not at all). Committing the same ids again replaces the file
+  instead of adding rows, so a retried batch supersedes its earlier part in one step.
+* An id may still have rows in two parts for a while (a retryable row and its retry; a
+  crash between commit and compaction). The **winner** is the row with the most
+  ``attempts``; among equals a final row beats a retryable one, then the later part in
+  name order (deterministic). :func:`read_labels` always returns winners only.
+* :func:`compact` rewrites, part by part, every part holding a loser or an id that is no
+  longer an input: the kept rows are written first (a new content-named part), the old
+  part is deleted after, so no current row is ever missing; after a completed run the
+  directory holds exactly one row per current input and plain readers (pandas,
+  pyarrow, Ray Data, which skip ``_``/``.`` files) see exactly those rows.
+
+Names are matched by listing the directory, never by glob patterns, so output paths
+with ``[``, ``*`` or ``?`` work.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from frameexit.storage import is_remote, join_uri, url_to_fs, write_bytes
+from frameexit.storage import (
+    is_local,
+    join_uri,
+    read_parquet,
+    remove,
+    url_to_fs,
+    write_parquet,
+)
 from pipelines.labeling.schema import (
     CONFIG_NAME,
     FINGERPRINT_NAME,
     OUTPUT_SCHEMA,
     PART_PREFIX,
+    STATUS_OK,
     SUMMARY_NAME,
-    empty_output,
 )
+
+STATE_COLUMNS = ["input_id", "status", "retryable", "attempts"]
 
 
 def part_name(input_ids: Iterable[str]) -> str:
     """``part-<16 hex>.parquet`` from the sorted ids: the same rows, the same name."""
+    import hashlib
+
     digest = hashlib.sha256("\n".join(sorted(input_ids)).encode("utf-8")).hexdigest()
     return f"{PART_PREFIX}{digest[:16]}.parquet"
 
 
-def list_parts(output: str, options: Mapping[str, Any] | None = None) -> list[str]:
-    """URIs of the committed parts under ``output`` (sorted)."""
+def _names(output: str, options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """``(name, uri)`` of the files directly under ``output`` (listed, not globbed)."""
     fs, path = url_to_fs(output, options)
-    if not fs.exists(path):
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
         return []
-    found = fs.glob(f"{path.rstrip('/')}/{PART_PREFIX}*.parquet")
-    return sorted(fs.unstrip_protocol(p) if is_remote(output) else p for p in found)
+    out = []
+    for entry in entries:
+        if entry.get("type") != "file":
+            continue
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        out.append((name, join_uri(output, name)))
+    return sorted(out)
 
 
-def write_part(output: str, table: pa.Table, options: Mapping[str, Any] | None = None) -> str:
-    """Commit ``table`` (rows of ``OUTPUT_SCHEMA``) as one part, atomically; returns its URI."""
-    table = table.cast(OUTPUT_SCHEMA).sort_by("row")
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+def list_parts(output: str, options: Mapping[str, Any] | None = None) -> list[str]:
+    """URIs of the committed parts under ``output`` (sorted by name)."""
+    return [
+        uri
+        for name, uri in _names(output, options)
+        if name.startswith(PART_PREFIX) and name.endswith(".parquet")
+    ]
+
+
+def write_part(
+    output: str,
+    table: pa.Table,
+    options: Mapping[str, Any] | None = None,
+    schema: pa.Schema = OUTPUT_SCHEMA,
+) -> str:
+    """Commit ``table`` (rows of ``schema``) as one part, atomically; returns its URI."""
+    table = table.cast(schema).sort_by("row")
     uri = join_uri(output, part_name(table.column("input_id").to_pylist()))
-    write_bytes(uri, buffer.getvalue(), storage_options=options)
+    write_parquet(uri, table, storage_options=options)
     return uri
 
 
-def read_part(uri: str, options: Mapping[str, Any] | None, columns: list[str] | None = None):
-    fs, path = url_to_fs(uri, options)
-    with fs.open(path, "rb") as handle:
-        return pq.read_table(handle, columns=columns)
+def read_part(
+    uri: str,
+    options: Mapping[str, Any] | None,
+    columns: list[str] | None = None,
+    schema: pa.Schema = OUTPUT_SCHEMA,
+) -> pa.Table:
+    """One part (only ``columns`` if given), in ``schema``'s types."""
+    table = read_parquet(uri, columns=columns, storage_options=options)
+    return table.cast(pa.schema([schema.field(n) for n in table.column_names]))
+
+
+@dataclass
+class Committed:
+    """What an output holds: per committed row its id, status, attempts and place
+    (``part`` index into ``parts``, ``position`` in the part), plus who wins."""
+
+    parts: list[str]
+    rows: pa.Table  # STATE_COLUMNS + part, position
+    winner: pa.Array = field(default_factory=lambda: pa.array([], pa.bool_()))
+
+    @property
+    def winners(self) -> pa.Table:
+        """One row per committed id (see the module doc for the rule)."""
+        return self.rows.filter(self.winner)
+
+    def ids(self) -> pa.Array:
+        """Every id that has a committed row."""
+        return self.winners.column("input_id").combine_chunks()
+
+
+def _winner_mask(rows: pa.Table) -> pa.Array:
+    """True for the winning row of each id: most attempts, then final over retryable,
+    then the later part and position."""
+    n = rows.num_rows
+    if n == 0:
+        return pa.array([], pa.bool_())
+    order = pc.sort_indices(
+        rows,
+        sort_keys=[
+            ("input_id", "ascending"),
+            ("attempts", "descending"),
+            ("retryable", "ascending"),
+            ("part", "descending"),
+            ("position", "descending"),
+        ],
+    ).to_numpy()
+    ids = rows.column("input_id").take(order).to_numpy(zero_copy_only=False)
+    first = np.ones(n, dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    mask = np.zeros(n, dtype=bool)
+    mask[order[first]] = True
+    return pa.array(mask)
+
+
+def read_committed(
+    output: str, options: Mapping[str, Any] | None = None, schema: pa.Schema = OUTPUT_SCHEMA
+) -> Committed:
+    """The state of every committed row under ``output`` (small columns only)."""
+    parts = list_parts(output, options)
+    tables = []
+    for index, uri in enumerate(parts):
+        table = read_part(uri, options, STATE_COLUMNS, schema)
+        n = table.num_rows
+        table = table.append_column("part", pa.array([index] * n, pa.int32()))
+        table = table.append_column("position", pa.array(range(n), pa.int64()))
+        tables.append(table)
+    if tables:
+        rows = pa.concat_tables(tables).combine_chunks()
+    else:
+        rows = pa.table(
+            {
+                **{c: pa.array([], schema.field(c).type) for c in STATE_COLUMNS},
+                "part": pa.array([], pa.int32()),
+                "position": pa.array([], pa.int64()),
+            }
+        )
+    return Committed(parts, rows, _winner_mask(rows))
 
 
 def committed_ids(output: str, options: Mapping[str, Any] | None = None) -> set[str]:
-    """Input ids that already have a committed row under ``output``."""
-    ids: set[str] = set()
-    for uri in list_parts(output, options):
-        ids.update(read_part(uri, options, ["input_id"]).column("input_id").to_pylist())
-    return ids
+    """Input ids that have a committed row under ``output``."""
+    return set(read_committed(output, options).ids().to_pylist())
 
 
-def read_labels(output: str, *, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """All committed rows under ``output`` in input order, one per ``input_id``."""
-    tables = [read_part(uri, storage_options) for uri in list_parts(output, storage_options)]
-    table = pa.concat_tables(tables) if tables else empty_output()
-    frame = table.to_pandas()
-    frame = frame.drop_duplicates("input_id", keep="first")
-    return frame.sort_values("row", kind="stable").reset_index(drop=True)
+def compact(
+    output: str,
+    options: Mapping[str, Any] | None,
+    current_ids: pa.Array | None,
+    schema: pa.Schema = OUTPUT_SCHEMA,
+) -> dict[str, int]:
+    """Rewrite the parts that hold losers or (with ``current_ids``) ids that are not
+    current inputs; returns counts of ``parts_rewritten``, ``rows_dropped`` and
+    ``stale_rows`` (rows of entries no longer in the input)."""
+    state = read_committed(output, options, schema)
+    keep = state.winner
+    stale = 0
+    if current_ids is not None and state.rows.num_rows:
+        current = pc.is_in(state.rows.column("input_id"), value_set=current_ids)
+        stale = int(pc.sum(pc.and_(keep, pc.invert(current))).as_py() or 0)
+        keep = pc.and_(keep, current)
+    dropped = pc.invert(keep)
+    counts = {"parts_rewritten": 0, "rows_dropped": 0, "stale_rows": stale}
+    if not state.rows.num_rows or not pc.any(dropped).as_py():
+        return counts
+    parts_hit = pc.unique(state.rows.column("part").filter(dropped)).to_pylist()
+    for index in sorted(parts_hit):
+        uri = state.parts[index]
+        in_part = pc.equal(state.rows.column("part"), index)
+        keep_positions = state.rows.column("position").filter(pc.and_(in_part, keep))
+        table = read_part(uri, options, schema=schema)
+        kept = table.take(keep_positions)
+        counts["rows_dropped"] += table.num_rows - kept.num_rows
+        new_uri = write_part(output, kept, options, schema) if kept.num_rows else None
+        if new_uri != uri:
+            remove(uri, storage_options=options)
+        counts["parts_rewritten"] += 1
+    return counts
+
+
+def read_labels(
+    output: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    schema: pa.Schema = OUTPUT_SCHEMA,
+) -> pd.DataFrame:
+    """The committed rows under ``output``, one per ``input_id`` (the winners), in input
+    order (``row``)."""
+    return (
+        read_winners(output, storage_options=storage_options, schema=schema)
+        .to_pandas()
+        .sort_values(["row", "input_id"], kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def read_winners(
+    output: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    schema: pa.Schema = OUTPUT_SCHEMA,
+) -> pa.Table:
+    """The winning committed rows under ``output`` as one Arrow table (part order)."""
+    state = read_committed(output, storage_options, schema)
+    tables = []
+    for index, uri in enumerate(state.parts):
+        mine = pc.and_(pc.equal(state.rows.column("part"), index), state.winner)
+        positions = state.rows.column("position").filter(mine)
+        if len(positions):
+            tables.append(read_part(uri, storage_options, schema=schema).take(positions))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def clean_temporaries(output: str, options: Mapping[str, Any] | None) -> None:
-    """Remove temporaries a killed local writer left (``.tmp-*``; object stores have none)."""
-    if is_remote(output) or not os.path.isdir(output):
+    """Remove temporaries a killed local writer left (``.tmp-*``; object stores have none).
+    Called only by the lease holder, so no live writer's temporary is touched."""
+    if not is_local(output):
         return
-    for name in os.listdir(output):
+    for name, uri in _names(output, options):
         if name.startswith(".tmp-"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(output, name))
+            remove(uri)
 
 
 def clear_output(output: str, options: Mapping[str, Any] | None) -> None:
-    fs, path = url_to_fs(output, options)
-    if not fs.exists(path):
-        return
-    names = [PART_PREFIX + "*.parquet", FINGERPRINT_NAME, SUMMARY_NAME, CONFIG_NAME]
-    for pattern in names:
-        for found in fs.glob(f"{path.rstrip('/')}/{pattern}"):
-            fs.rm(found)
+    """Delete every part and record of a labeling output (``--overwrite``); the lease of
+    the run doing it stays."""
+    ours = (FINGERPRINT_NAME, SUMMARY_NAME, CONFIG_NAME)
+    for name, uri in _names(output, options):
+        if (name.startswith(PART_PREFIX) and name.endswith(".parquet")) or name in ours:
+            remove(uri, storage_options=options)
 
 
 class PartWriter:
-    """Buffers output rows and commits them in parts of ``part_size`` rows."""
+    """Buffers output rows and commits them in parts of ``part_size`` rows; keeps running
+    totals of what it committed (the driver holds no rows beyond one part)."""
 
-    def __init__(self, output: str, options: Mapping[str, Any], part_size: int) -> None:
+    def __init__(
+        self,
+        output: str,
+        options: Mapping[str, Any],
+        part_size: int,
+        schema: pa.Schema = OUTPUT_SCHEMA,
+    ) -> None:
         self.output, self.options, self.part_size = output, options, part_size
+        self.schema = schema
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.parts: list[str] = []
+        self.totals = Totals()
+        self._seen: list[pa.Array] = []  # ids of every row added (Arrow: compact)
         self.delay = float(os.environ.get("FRAMEEXIT_LABEL_PART_DELAY_S", "0") or 0)
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows:
             self.buffer.append(table)
             self.buffered += table.num_rows
+            self._seen.append(table.column("input_id").combine_chunks())
         while self.buffered >= self.part_size:
             self._commit(self.part_size)
+
+    def seen_ids(self) -> pa.Array:
+        """The ids of every row added so far (committed, or buffered for the next part)."""
+        return pa.concat_arrays(self._seen) if self._seen else pa.array([], pa.string())
 
     def flush(self) -> None:
         while self.buffered:
@@ -123,8 +306,73 @@ class PartWriter:
     def _commit(self, n: int) -> None:
         table = pa.concat_tables(self.buffer).combine_chunks()
         part, rest = table.slice(0, n), table.slice(n)
-        self.parts.append(write_part(self.output, part, self.options))
+        self.parts.append(write_part(self.output, part, self.options, self.schema))
+        self.totals.add(part)
         self.buffer = [rest] if rest.num_rows else []
         self.buffered = rest.num_rows
         if self.delay:  # test hook: widen the window in which a kill lands mid-run
             time.sleep(self.delay)
+
+
+@dataclass
+class Totals:
+    """Running counts over output rows (constant memory): per status, and frames, GFLOPs
+    and exit steps of the ``ok`` ones."""
+
+    rows: int = 0
+    ok: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    frames_ok: int = 0
+    frames_all: int = 0
+    gflops_ok: float = 0.0
+    exit_steps_ok: int = 0
+
+    def add(self, table: pa.Table) -> None:
+        """Count the rows of an ``OUTPUT_SCHEMA`` table."""
+        if not table.num_rows:
+            return
+        self.rows += table.num_rows
+        counts = pc.value_counts(table.column("status"))
+        for item in counts.to_pylist():
+            self.statuses[item["values"]] = self.statuses.get(item["values"], 0) + item["counts"]
+        ok = pc.equal(table.column("status"), STATUS_OK)
+        self.ok += int(pc.sum(ok).as_py() or 0)
+        if "frames_decoded" not in table.column_names:  # not a labeling output (check)
+            return
+        self.frames_all += int(pc.sum(table.column("frames_decoded")).as_py() or 0)
+        okt = table.filter(ok)
+        self.frames_ok += int(pc.sum(okt.column("frames_decoded")).as_py() or 0)
+        self.gflops_ok += float(pc.sum(okt.column("gflops")).as_py() or 0.0)
+        self.exit_steps_ok += int(pc.sum(okt.column("exit_step")).as_py() or 0)
+
+    def summary(self, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """Counts and means (per ``ok`` video), leaving out the statuses in ``exclude``."""
+        skip = set(exclude)
+        rows = self.rows - sum(self.statuses.get(s, 0) for s in skip)
+        ok = self.ok
+        return {
+            "videos": int(rows),
+            "ok": int(ok),
+            "errors_by_kind": {
+                k: int(v)
+                for k, v in sorted(self.statuses.items())
+                if k != STATUS_OK and k not in skip
+            },
+            "frames_decoded_per_video": self.frames_ok / ok if ok else 0.0,
+            "frames_decoded_total": int(self.frames_all),
+            "gflops_per_video": self.gflops_ok / ok if ok else 0.0,
+            "mean_exit_step": self.exit_steps_ok / ok if ok else 0.0,
+        }
+
+
+def output_totals(output: str, options: Mapping[str, Any] | None = None) -> Totals:
+    """Totals over the winners under ``output``, read part by part (constant memory)."""
+    state = read_committed(output, options)
+    totals = Totals()
+    columns = ["status", "frames_decoded", "gflops", "exit_step"]
+    for index, uri in enumerate(state.parts):
+        mine = pc.and_(pc.equal(state.rows.column("part"), index), state.winner)
+        positions = state.rows.column("position").filter(mine)
+        if len(positions):
+            totals.add(read_part(uri, options, columns).take(positions))
+    return totals

@@ -1,15 +1,21 @@
-"""Running a labeling job: the Ray Data pipeline, committing parts, the summary.
+"""Running a labeling job: plan against what is committed, label, commit, compact, report.
 
 ::
 
-    driver: prepare_job (config, model, inputs) ─► check_fingerprint ─► committed ids
-      │  todo = inputs without a committed row
+    driver: prepare_job (config, model, inputs as Arrow) ─► lease ─► fingerprint
+      │  committed winners: final rows are done; retryable rows (timeout, throttled, ...)
+      │  are labeled again with attempts + 1 (label.retry); the rest is new
       ▼
-    Ray Data: from_items(blocks) ─► map_batches(VideoLabeler, pool of label.concurrency
-      │  actors, label.cpus_per_actor / label.gpus_per_actor each, 2 batches in flight per
-      │  actor so one decodes while the other waits on storage or runs the model)
+    Ray Data: from_arrow(blocks) ─► map_batches(VideoLabeler, pool of label.concurrency
+      │  actors, label.cpus_per_actor / label.gpus_per_actor / memory each, 2 batches in
+      │  flight per actor; bounded actor restarts and task retries, crash isolation)
       ▼
-    driver: iter_batches ─► PartWriter (parts of label.part_size rows, atomic) ─► summary
+    driver: iter_batches ─► PartWriter (parts of label.part_size rows, atomic, running
+            totals) ─► compact (drop superseded rows and rows of entries no longer in
+            the input) ─► _summary.json ─► release the lease
+
+The driver holds the inputs and the committed ids as Arrow columns and one part's rows at
+a time, so its memory grows by a few dozen bytes per input, not by the outputs.
 """
 
 from __future__ import annotations
@@ -17,41 +23,77 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
-from collections import Counter
+import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute as pc
 
 from frameexit.config import Config, config_to_dict
-from frameexit.storage import join_uri, options_for, write_text
+from frameexit.storage import join_uri, options_for, redact, scrub, write_text
 from pipelines.common import ensure_ray
-from pipelines.labeling.actor import VideoLabeler
+from pipelines.labeling.actor import POISON_ENV, VideoLabeler
+from pipelines.labeling.inputs import LabelInputs
+from pipelines.labeling.isolation import LEDGER_NAME_PREFIX, start_ledger, task_retries
 from pipelines.labeling.job import LabelJob, check_fingerprint, prepare_job
+from pipelines.labeling.lease import Lease
 from pipelines.labeling.parts import (
     PartWriter,
     clean_temporaries,
-    committed_ids,
-    read_labels,
+    compact,
+    output_totals,
+    read_committed,
 )
-from pipelines.labeling.schema import (
-    INPUT_COLUMNS,
-    STATUS_BAD_ROW,
-    STATUS_OK,
-    SUMMARY_NAME,
-    empty_output,
-)
+from pipelines.labeling.schema import STATUS_BAD_ROW, SUMMARY_NAME
 
 log = logging.getLogger("frameexit.pipelines.label")
 
+#: Test hook: the driver dies after its last commit, before compaction and the summary.
+EXIT_BEFORE_COMPACT_ENV = "FRAMEEXIT_LABEL_EXIT_BEFORE_COMPACT"
 
-def decode_threads_for(cfg: Config) -> int:
+
+def actor_cpus(cfg: Config) -> float:
+    """CPUs per labeling actor: ``label.cpus_per_actor``, or by default 1 for a CPU actor
+    and, for a GPU actor, its share of a GPU node's CPUs (decoding feeds the GPU; on a
+    16-core node with one GPU an actor with one GPU gets 16 CPUs, i.e. 32 decode threads)."""
+    if cfg.label.cpus_per_actor is not None:
+        return float(cfg.label.cpus_per_actor)
+    gpus = cfg.label.gpus_per_actor
+    if gpus <= 0:
+        return 1.0
+    import ray
+
+    shares = []
+    for node in ray.nodes():
+        resources = node.get("Resources", {})
+        if node.get("Alive") and resources.get("GPU", 0) > 0:
+            shares.append(resources.get("CPU", 1.0) / resources["GPU"] * gpus)
+    return max(1.0, math.floor(min(shares))) if shares else 1.0
+
+
+def actor_memory(job: LabelJob, cpus: float, calls_per_actor: int) -> int:
+    """Bytes of memory a labeling actor declares: ``label.memory_per_actor_mb``, or an
+    estimate — the model twice (weights and a working copy), the frames of its batches
+    in flight, and a whole-object buffer per decode thread."""
+    cfg = job.cfg
+    if cfg.label.memory_per_actor_mb is not None:
+        return int(cfg.label.memory_per_actor_mb) * 1024**2
+    m = cfg.model
+    weights = sum(v.numel() * v.element_size() for v in job.weights.values())
+    frames = cfg.label.batch_size * calls_per_actor * 3 * m.clip_length * m.image_size**2 * 4
+    threads = decode_threads_for(cfg, cpus)
+    return int(512 * 1024**2 + 2 * weights + 4 * frames + threads * 64 * 1024**2)
+
+
+def decode_threads_for(cfg: Config, cpus: float | None = None) -> int:
     """Decode threads per actor: two per CPU it holds (decord and PyAV release the GIL,
     and a thread waiting on storage leaves its core to another)."""
-    return max(2, 2 * math.ceil(cfg.label.cpus_per_actor))
+    cpus = actor_cpus(cfg) if cpus is None else cpus
+    return max(2, 2 * math.ceil(cpus))
 
 
 def rows_per_block(num_videos: int, cfg: Config) -> int:
@@ -65,63 +107,94 @@ def rows_per_block(num_videos: int, cfg: Config) -> int:
 
 def label_dataset(
     job: LabelJob,
-    todo: pd.DataFrame,
+    todo: pa.Table,
     *,
+    run_id: str = "",
     decode_threads: int | None = None,
     calls_per_actor: int = 2,
+    ledger: str | None = None,
 ):
-    """The lazy Ray Dataset of output rows for the input rows ``todo``.
+    """The lazy Ray Dataset of output rows for the input rows ``todo`` (``INPUT_SCHEMA``).
 
     Each actor runs ``calls_per_actor`` batches at once (threads): while one batch waits
     for storage or runs the model, the other decodes, so the actor's CPUs stay busy.
+    Weights and the config (with credentials) travel through the object store.
     """
     import ray
     from ray.data import ActorPoolStrategy
 
     cfg = job.cfg
-    per = rows_per_block(len(todo), cfg)
-    # from_items builds the blocks in the driver (from_pandas runs a remote metadata task
-    # per block); records keep NaN segment bounds as floats.
-    ds = ray.data.from_items(
-        todo.to_dict("records"), override_num_blocks=max(1, math.ceil(len(todo) / per))
-    )
+    per = rows_per_block(todo.num_rows, cfg)
+    blocks = [todo.slice(i, per) for i in range(0, todo.num_rows, per)]
+    ds = ray.data.from_arrow(blocks)
+    cpus = actor_cpus(cfg)
     gpus = cfg.label.gpus_per_actor
-    resources: dict[str, Any] = {"num_cpus": cfg.label.cpus_per_actor}
+    resources: dict[str, Any] = {
+        "num_cpus": cpus,
+        "memory": actor_memory(job, cpus, calls_per_actor),
+        "max_restarts": cfg.label.max_actor_restarts,
+        "max_task_retries": task_retries(cfg.label.batch_size),
+    }
     if gpus > 0:
         resources["num_gpus"] = gpus
-    return ds.map_batches(
-        VideoLabeler,
-        fn_constructor_args=(config_to_dict(cfg), [ray.put(job.weights)], job.class_names),
-        fn_constructor_kwargs={
-            "step_gflops": job.step_gflops,
-            "decode_threads": decode_threads or decode_threads_for(cfg),
-            "device": "cuda" if gpus > 0 else "cpu",
-            "torch_threads": max(1, int(cfg.label.cpus_per_actor)),
-        },
-        batch_size=cfg.label.batch_size,
-        batch_format="pandas",
-        compute=ActorPoolStrategy(
-            size=cfg.label.concurrency,
-            max_concurrent_calls_per_actor=calls_per_actor,
-            enable_true_multi_threading=calls_per_actor > 1,
-        ),
-        **resources,
+    with warnings.catch_warnings():
+        # max_restarts / max_task_retries have no named parameter in this Ray version;
+        # the generic remote args that carry them are deprecated for Ray 2.64
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return ds.map_batches(
+            VideoLabeler,
+            fn_constructor_args=(
+                [ray.put(config_to_dict(cfg))],
+                [ray.put(job.weights)],
+                job.class_names,
+            ),
+            fn_constructor_kwargs={
+                "step_gflops": job.step_gflops,
+                "run_id": run_id,
+                "decode_threads": decode_threads or decode_threads_for(cfg, cpus),
+                "device": "cuda" if gpus > 0 else "cpu",
+                "torch_threads": max(1, int(cpus)),
+                "ledger": ledger,
+                "poison": os.environ.get(POISON_ENV) or None,
+            },
+            batch_size=cfg.label.batch_size,
+            batch_format="pandas",
+            compute=ActorPoolStrategy(
+                size=cfg.label.concurrency,
+                max_concurrent_calls_per_actor=calls_per_actor,
+                enable_true_multi_threading=calls_per_actor > 1,
+            ),
+            **resources,
+        )
+
+
+def plan(inputs: LabelInputs, committed: Any, *, retry: bool) -> tuple[pa.Table, pa.Table, int]:
+    """``(videos to label, bad rows to commit, retried count)``: entries without a row,
+    and — with ``retry`` — entries whose row is retryable, with ``attempts`` + 1."""
+    winners = committed.winners
+    done = winners
+    retried = 0
+    videos = inputs.videos
+    if retry and winners.num_rows:
+        retryable = winners.filter(winners.column("retryable"))
+        done = winners.filter(pc.invert(winners.column("retryable")))
+        again = pc.is_in(videos.column("input_id"), value_set=retryable.column("input_id"))
+        retried = int(pc.sum(again).as_py() or 0)
+        if retried:
+            index = pc.index_in(videos.column("input_id"), value_set=retryable.column("input_id"))
+            previous = pc.take(retryable.column("attempts"), index)
+            attempts = pc.if_else(again, pc.add(pc.fill_null(previous, 0), 1), 1)
+            videos = videos.set_column(
+                videos.schema.get_field_index("attempts"),
+                "attempts",
+                attempts.cast(pa.int32()),
+            )
+    done_ids = done.column("input_id")
+    todo = videos.filter(pc.invert(pc.is_in(videos.column("input_id"), value_set=done_ids)))
+    bad = inputs.bad.filter(
+        pc.invert(pc.is_in(inputs.bad.column("input_id"), value_set=winners.column("input_id")))
     )
-
-
-def summarize(rows: pd.DataFrame) -> dict[str, Any]:
-    """Counts and means over output rows: per status, frames and GFLOPs per ok video."""
-    ok = rows[rows["status"] == STATUS_OK]
-    statuses = Counter(rows["status"].tolist())
-    return {
-        "videos": int(len(rows)),
-        "ok": int(len(ok)),
-        "errors_by_kind": {k: int(v) for k, v in sorted(statuses.items()) if k != STATUS_OK},
-        "frames_decoded_per_video": float(ok["frames_decoded"].mean()) if len(ok) else 0.0,
-        "frames_decoded_total": int(rows["frames_decoded"].sum()),
-        "gflops_per_video": float(ok["gflops"].mean()) if len(ok) else 0.0,
-        "mean_exit_step": float(ok["exit_step"].mean()) if len(ok) else 0.0,
-    }
+    return todo, bad, retried
 
 
 def run_labeling(
@@ -133,11 +206,14 @@ def run_labeling(
     overrides: Sequence[str] = (),
     classes_uri: str | None = None,
     overwrite: bool = False,
+    append: bool = False,
     decode_threads: int | None = None,
     calls_per_actor: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Label every input video once into ``output_uri`` (resumable); returns the summary."""
+    """Label every entry of the input once into ``output_uri`` and make the output hold
+    exactly one row per current entry (resumable; ``append``: keep the rows of other
+    inputs labeled into it); returns the summary."""
     began = time.perf_counter()
     job, inputs = prepare_job(
         input_uri,
@@ -149,100 +225,174 @@ def run_labeling(
     )
     cfg, output = job.cfg, job.output
     options = options_for(output, cfg.data.storage_options)
-    check_fingerprint(job, options, overwrite=overwrite)
-    clean_temporaries(output, options)
-    done = committed_ids(output, options)
-    todo = inputs.videos[~inputs.videos["input_id"].isin(done)].reset_index(drop=True)
-    bad_ids = inputs.bad.column("input_id").to_pylist()
-    bad_todo = inputs.bad.filter(pa.array([i not in done for i in bad_ids], pa.bool_()))
-    log.info(
-        "%s: %d inputs (%d unparsable manifest rows), %d already labeled, %d to label",
-        job.input,
-        len(inputs),
-        inputs.bad.num_rows,
-        len(done & set(inputs.videos["input_id"]).union(bad_ids)),
-        len(todo) + bad_todo.num_rows,
-    )
-    writer = PartWriter(output, options, cfg.label.part_size)
-    writer.add(bad_todo)
-    writer.flush()
-    produced: list[pa.Table] = [bad_todo]
+    run_id = uuid.uuid4().hex[:12]
+    with Lease(output, options, seconds=cfg.label.lease_seconds):
+        check_fingerprint(job, options, overwrite=overwrite, append=append)
+        clean_temporaries(output, options)
+        committed = read_committed(output, options)
+        todo, bad_todo, retried = plan(inputs, committed, retry=cfg.label.retry)
+        log.info(
+            "%s: %d inputs (%d unparsable manifest rows), %d labeled before, %d to label "
+            "(%d retried after a retryable error)",
+            job.input,
+            len(inputs),
+            inputs.bad.num_rows,
+            committed.winners.num_rows,
+            todo.num_rows + bad_todo.num_rows,
+            retried,
+        )
+        writer = PartWriter(output, options, cfg.label.part_size)
+        writer.add(_with_run(bad_todo, run_id))
+        writer.flush()
+        timing = _label(job, todo, writer, run_id, decode_threads, calls_per_actor, progress)
+        if os.environ.get(EXIT_BEFORE_COMPACT_ENV):  # test hook: a driver killed right here
+            os._exit(3)
+        compaction = compact(output, options, None if append else inputs.ids)
+        summary = _summary(job, inputs, writer, timing, compaction, retried, began, options)
+        write_text(
+            join_uri(output, SUMMARY_NAME),
+            json.dumps(redact(summary), indent=1),
+            storage_options=options,
+        )
+    if summary["missing"]:
+        log.error("%d inputs have no row", summary["missing"])
+    return summary
+
+
+def _with_run(table: pa.Table, run_id: str) -> pa.Table:
+    index = table.schema.get_field_index("run_id")
+    return table.set_column(index, "run_id", pa.array([run_id] * table.num_rows, pa.string()))
+
+
+def _label(
+    job: LabelJob,
+    todo: pa.Table,
+    writer: PartWriter,
+    run_id: str,
+    decode_threads: int | None,
+    calls_per_actor: int,
+    progress: bool,
+) -> dict[str, float]:
+    """Label ``todo`` on Ray Data and commit as results stream in; returns timings."""
+    cfg = job.cfg
     label_began = time.perf_counter()
-    first_result, first_rows, first_frames = None, 0, 0
-    if len(todo):
-        # room for the actor pool plus the driver's small Ray Data tasks
-        ensure_ray(
-            cfg,
-            object_store_mb=512,
-            cpus_needed=cfg.label.concurrency * cfg.label.cpus_per_actor,
-        )
-        ds = label_dataset(
-            job,
-            todo[list(INPUT_COLUMNS)],
-            decode_threads=decode_threads,
-            calls_per_actor=calls_per_actor,
-        )
-        bar = _progress(len(todo), progress)
-        status: Counter[str] = Counter()
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if first_result is None:
-                    first_result, first_rows = time.perf_counter(), batch.num_rows
-                    first_frames = int(pa.compute.sum(batch.column("frames_decoded")).as_py() or 0)
-                writer.add(batch)
-                produced.append(batch)
-                status.update(batch.column("status").to_pylist())
-                bar.update(batch.num_rows)
-                bar.set_postfix(
-                    ok=status[STATUS_OK], errors=sum(status.values()) - status[STATUS_OK]
+    timing = {"began": label_began, "first": 0.0, "first_rows": 0, "first_frames": 0}
+    if not todo.num_rows:
+        timing["finished"] = time.perf_counter()
+        return timing
+    cpus = cfg.label.cpus_per_actor or 1.0
+    ensure_ray(cfg, object_store_mb=512, cpus_needed=cfg.label.concurrency * cpus)
+    import ray
+
+    ledger_name = LEDGER_NAME_PREFIX + run_id
+    ledger = start_ledger(run_id)
+    bar = _progress(todo.num_rows, progress)
+    restarts = 0
+    try:
+        while todo.num_rows:
+            ds = label_dataset(
+                job,
+                todo,
+                run_id=run_id,
+                decode_threads=decode_threads,
+                calls_per_actor=calls_per_actor,
+                ledger=ledger_name,
+            )
+            try:
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    if not timing["first"]:
+                        timing["first"], timing["first_rows"] = time.perf_counter(), batch.num_rows
+                        frames = pc.sum(batch.column("frames_decoded")).as_py() or 0
+                        timing["first_frames"] = int(frames)
+                    writer.add(batch)
+                    bar.update(batch.num_rows)
+                    ok = writer.totals.ok
+                    bar.set_postfix(ok=ok, errors=writer.totals.rows - ok)
+                break
+            except Exception as error:  # noqa: BLE001 - a lost node, actor or object
+                restarts += 1
+                if restarts > cfg.label.max_pipeline_restarts:
+                    raise
+                writer.flush()  # every row received so far is complete: keep it
+                todo = todo.filter(
+                    pc.invert(pc.is_in(todo.column("input_id"), value_set=writer.seen_ids()))
                 )
-            writer.flush()
-        finally:
-            bar.close()
-    finished = time.perf_counter()
-    seconds = finished - label_began
-    this_run = pa.concat_tables(produced).to_pandas() if produced else empty_output().to_pandas()
-    videos_this_run = this_run[this_run["status"] != STATUS_BAD_ROW]
-    run = summarize(videos_this_run)
-    frames_total = int(videos_this_run["frames_decoded"].sum())
-    steady = (finished - first_result) if first_result and len(todo) > first_rows else 0.0
+                log.warning(
+                    "labeling pipeline failed (%s: %s); restarting it for the %d inputs left "
+                    "(%d of %d restarts)",
+                    type(error).__name__,
+                    scrub(
+                        str(error).splitlines()[0] if str(error) else "", cfg.data.storage_options
+                    ),
+                    todo.num_rows,
+                    restarts,
+                    cfg.label.max_pipeline_restarts,
+                )
+        writer.flush()
+    finally:
+        bar.close()
+        ray.kill(ledger)
+    timing["finished"] = time.perf_counter()
+    timing["restarts"] = restarts
+    return timing
+
+
+def _summary(
+    job: LabelJob,
+    inputs: LabelInputs,
+    writer: PartWriter,
+    timing: dict[str, float],
+    compaction: dict[str, int],
+    retried: int,
+    began: float,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    cfg = job.cfg
+    run = writer.totals.summary(exclude=[STATUS_BAD_ROW])
+    seconds = timing["finished"] - timing["began"]
+    first = timing["first"]
+    steady = timing["finished"] - first if first else 0.0
+    later_rows = run["videos"] - timing["first_rows"]
+    later_frames = run["frames_decoded_total"] - timing["first_frames"]
     run.update(
         seconds=seconds,
-        videos_per_second=len(videos_this_run) / seconds if seconds > 0 else 0.0,
-        frames_decoded_per_second=float(videos_this_run["frames_decoded"].sum()) / seconds
-        if seconds > 0
-        else 0.0,
+        videos_per_second=run["videos"] / seconds if seconds > 0 else 0.0,
+        frames_decoded_per_second=run["frames_decoded_total"] / seconds if seconds > 0 else 0.0,
         # startup (actors starting, models loading) vs the steady rate after the first result
-        startup_seconds=(first_result - label_began) if first_result else seconds,
-        steady_videos_per_second=(len(todo) - first_rows) / steady if steady else 0.0,
-        steady_frames_decoded_per_second=(frames_total - first_frames) / steady if steady else 0.0,
+        startup_seconds=(first - timing["began"]) if first else seconds,
+        steady_videos_per_second=later_rows / steady if steady and later_rows > 0 else 0.0,
+        steady_frames_decoded_per_second=later_frames / steady
+        if steady and later_rows > 0
+        else 0.0,
         parts_written=len(writer.parts),
-        bad_manifest_rows=int(bad_todo.num_rows),
+        bad_manifest_rows=int(writer.totals.statuses.get(STATUS_BAD_ROW, 0)),
+        retried=int(retried),
+        pipeline_restarts=int(timing.get("restarts", 0)),
     )
-    labels = read_labels(output, storage_options=options)
-    expected = set(inputs.videos["input_id"]).union(bad_ids)
-    missing = sorted(expected - set(labels["input_id"]))
-    summary = {
+    final = read_committed(job.output, options)
+    ids = final.ids()
+    current = inputs.ids
+    missing = int(pc.sum(pc.invert(pc.is_in(current, value_set=ids))).as_py() or 0)
+    extra = int(pc.sum(pc.invert(pc.is_in(ids, value_set=current))).as_py() or 0)
+    total = output_totals(job.output, options).summary()
+    return {
         "input": job.input,
-        "output": output,
+        "output": job.output,
         "checkpoint": job.checkpoint,
         "early_exit": cfg.label.early_exit,
         "exit_threshold": cfg.model.exit_threshold,
         "num_steps": cfg.model.num_steps,
         "step_gflops": job.step_gflops,
         "run": run,
-        "total": summarize(labels),
+        "total": total,
         "inputs": len(inputs),
-        "missing": len(missing),
-        "complete": not missing,
+        "missing": missing,
+        "rows_of_other_inputs": extra,
+        "stale_rows_removed": int(compaction["stale_rows"]),
+        "superseded_rows_removed": int(compaction["rows_dropped"] - compaction["stale_rows"]),
+        "complete": missing == 0,
         "wall_seconds": time.perf_counter() - began,
     }
-    write_text(
-        join_uri(output, SUMMARY_NAME), json.dumps(summary, indent=1), storage_options=options
-    )
-    if missing:
-        log.error("%d inputs have no row (first: %s)", len(missing), missing[:3])
-    return summary
 
 
 def _progress(total: int, enabled: bool):
@@ -259,10 +409,15 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         if not summary["early_exit"]
         else f"early exit (threshold {summary['exit_threshold']:g})"
     )
+    changes = []
+    if run.get("retried"):
+        changes.append(f"{run['retried']} retried")
+    if summary.get("stale_rows_removed"):
+        changes.append(f"{summary['stale_rows_removed']} rows of removed entries dropped")
     lines = [
         f"labeled {run['videos']} videos in {run['seconds']:.1f} s: "
         f"{run['videos_per_second']:.2f} videos/s, {run['frames_decoded_per_second']:.1f} frames/s "
-        f"[{mode}, T={summary['num_steps']}]",
+        f"[{mode}, T={summary['num_steps']}]" + (f" ({', '.join(changes)})" if changes else ""),
         f"  frames decoded per video {run['frames_decoded_per_video']:.2f}, "
         f"GFLOPs per video {run['gflops_per_video']:.4g} "
         f"({summary['step_gflops']:.4g} per step), mean exit step {run['mean_exit_step']:.2f}",

@@ -1,0 +1,181 @@
+"""Does labeling stay bounded as the corpus grows, and do decode threads use an actor's CPUs?
+
+    python bench/label_scale.py                      # 10k and 100k inputs, then the actor check
+    python bench/label_scale.py --sizes 2000 20000   # quicker
+
+Inputs are cheap on purpose: N symbolic links to a few tiny synthetic clips (32 px, 8-12
+frames), labeled by the tiny model with T = 2, so the job is bookkeeping-bound and the
+driver's own costs show. Each measurement runs the labeling entry point
+(``pipelines/label.py``) in a fresh process, so its peak RSS is the driver's alone:
+
+* a full run of N inputs: wall time, driver peak RSS;
+* the same command again on the completed output (resume): the bookkeeping time (list and
+  read the committed parts, plan, compact, summarise: nothing to label), its peak RSS.
+
+Goal: driver peak RSS ≤ 1.2× from the smallest to the largest N, resume ≤ 10 s at 100k.
+
+Then one GPU-less throughput check on real-size clips: one actor with 2 CPUs and 2 decode
+threads vs two 1-CPU actors, same corpus (goal: ≥ 0.9× the two actors' steady rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODEL = ["model.backbone=tiny", "model.feature_dim=32", "model.num_classes=4",
+         "model.image_size=32", "model.gate_hidden=8"]  # fmt: skip
+
+
+def child(argv: list[str]) -> None:
+    """Run the labeling entry point in this process; print its summary and peak RSS."""
+    import io
+    from contextlib import redirect_stdout
+
+    import pipelines.label
+
+    began = time.perf_counter()
+    with redirect_stdout(io.StringIO()):
+        summary = pipelines.label.main(argv)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {
+        "seconds": time.perf_counter() - began,
+        "peak_rss_mb": peak_kb / 1024,
+        "summary": summary,
+    }
+    print("RESULT " + json.dumps(out, default=str), flush=True)
+
+
+def run_child(argv: list[str]) -> dict:
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", "--", *argv],
+        capture_output=True, text=True, env=env, timeout=7200,
+    )  # fmt: skip
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def checkpoint(path: str, steps: int) -> str:
+    from frameexit.checkpoint import save_model_checkpoint
+    from frameexit.config import load_config
+    from frameexit.model import build_model
+
+    cfg = load_config(None, [*MODEL, f"model.num_steps={steps}"])
+    save_model_checkpoint(build_model(cfg.model), cfg, path)
+    return path
+
+
+def scale(args: argparse.Namespace, work: Path) -> list[dict]:
+    from frameexit.synthetic import generate_corpus
+
+    clips = work / "clips"
+    generate_corpus(str(clips), num_videos=16, num_classes=4, image_size=32, min_frames=8,
+                    max_frames=12, preset="ultrafast", workers=args.cores)  # fmt: skip
+    sources = sorted((clips / "videos").glob("*.mp4"))
+    model = checkpoint(str(work / "tiny-T2.pt"), 2)
+    rows = []
+    for n in args.sizes:
+        inputs = work / f"inputs-{n}"
+        inputs.mkdir()
+        for i in range(n):
+            os.symlink(sources[i % len(sources)], inputs / f"v{i:07d}.mp4")
+        out = work / f"labels-{n}"
+        argv = ["--input", str(inputs), "--output", str(out), "--checkpoint", model,
+                "--no-progress", "label.batch_size=64", "label.part_size=4096",
+                f"label.concurrency={args.cores}", "label.cpus_per_actor=1"]  # fmt: skip
+        full = run_child(argv)
+        again = run_child(argv)
+        s = full["summary"]
+        rows.append(
+            {
+                "inputs": n,
+                "complete": s["complete"] and again["summary"]["complete"],
+                "label_seconds": full["seconds"],
+                "videos_per_second": s["run"]["videos_per_second"],
+                "driver_peak_rss_mb": full["peak_rss_mb"],
+                "resume_seconds": again["seconds"],
+                "resume_peak_rss_mb": again["peak_rss_mb"],
+                "resume_labeled": again["summary"]["run"]["videos"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def actors(args: argparse.Namespace, work: Path) -> list[dict]:
+    from frameexit.synthetic import generate_corpus
+
+    manifest = generate_corpus(str(work / "real"), num_videos=args.actor_videos, num_classes=4,
+                               image_size=None, width=256, height=192, preset="veryfast",
+                               workers=args.cores)  # fmt: skip
+    model = checkpoint(str(work / "tiny-T10.pt"), 10)
+    out = []
+    for name, extra in (
+        ("two 1-CPU actors", ["label.concurrency=2", "label.cpus_per_actor=1",
+                              "--decode-threads", "2"]),
+        ("one 2-CPU actor, 2 decode threads", ["label.concurrency=1", "label.cpus_per_actor=2",
+                                               "--decode-threads", "2"]),
+    ):  # fmt: skip
+        argv = ["--input", manifest, "--output", str(work / f"actors-{len(out)}"),
+                "--checkpoint", model, "--no-progress", "--no-exit", "label.batch_size=8",
+                *extra]  # fmt: skip
+        result = run_child(argv)
+        run = result["summary"]["run"]
+        out.append({"setup": name, "steady_videos_per_second": run["steady_videos_per_second"],
+                    "videos_per_second": run["videos_per_second"]})  # fmt: skip
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--actor-videos", type=int, default=240)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip-actors", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fe-label-scale-") as tmp:
+        work = Path(tmp)
+        rows = scale(args, work)
+        checks = [] if args.skip_actors else actors(args, work)
+    print(f"\n{'inputs':>8} {'label s':>8} {'videos/s':>9} {'driver peak RSS MB':>19} "
+          f"{'resume s':>9} {'resume RSS MB':>14}")  # fmt: skip
+    for r in rows:
+        print(f"{r['inputs']:>8} {r['label_seconds']:>8.1f} {r['videos_per_second']:>9.1f} "
+              f"{r['driver_peak_rss_mb']:>19.0f} {r['resume_seconds']:>9.2f} "
+              f"{r['resume_peak_rss_mb']:>14.0f}")  # fmt: skip
+    growth = rows[-1]["driver_peak_rss_mb"] / rows[0]["driver_peak_rss_mb"]
+    print(f"driver peak RSS {rows[-1]['inputs']} / {rows[0]['inputs']} inputs: {growth:.2f}x "
+          f"(goal <= 1.2x); resume at {rows[-1]['inputs']}: {rows[-1]['resume_seconds']:.1f} s "
+          "(goal <= 10 s)")  # fmt: skip
+    result = {"scale": rows, "rss_growth": growth, "actors": checks}
+    if checks:
+        ratio = checks[1]["steady_videos_per_second"] / checks[0]["steady_videos_per_second"]
+        result["one_2cpu_actor_over_two_1cpu_actors"] = ratio
+        for c in checks:
+            print(f"{c['setup']:<36} {c['steady_videos_per_second']:.1f} videos/s (steady)")
+        print(f"one 2-CPU actor / two 1-CPU actors: {ratio:.2f}x (goal >= 0.9x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        child(sys.argv[sys.argv.index("--") + 1 :])
+    else:
+        main(sys.argv[1:])
