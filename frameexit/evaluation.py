@@ -46,10 +46,11 @@ class Evaluation:
 
 def accuracy(step_logits: np.ndarray, target: np.ndarray, *, multi_label: bool) -> float:
     """Top-1 (softmax of ``step_logits [N, K]``) or, for multi-label targets, mAP (sigmoid)."""
-    logits = torch.as_tensor(step_logits)
+    logits = torch.as_tensor(np.array(step_logits, dtype=np.float32))  # a writable copy
+    truth = torch.as_tensor(np.array(target))
     if multi_label:
-        return float(mean_average_precision(torch.sigmoid(logits), torch.as_tensor(target).float()))
-    return float(top1_accuracy(torch.softmax(logits, -1), torch.as_tensor(target).long()))
+        return float(mean_average_precision(torch.sigmoid(logits), truth.float()))
+    return float(top1_accuracy(torch.softmax(logits, -1), truth.long()))
 
 
 def single_label_map(step_logits: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -153,3 +154,24 @@ def evaluate_outputs(
         ),
     }
     return Evaluation(metrics=metrics, exit_matrix=matrix, tables=tables)
+
+
+def choose_threshold(
+    sweep: pd.DataFrame, noexit_accuracy: float, *, tolerance: float = 0.01
+) -> dict[str, float]:
+    """The operating point on a validation sweep: the exit threshold τ with the fewest
+    GFLOPs whose accuracy is within ``tolerance`` of w/o exit (the most accurate τ when
+    none is). Returns ``threshold``, ``accuracy``, ``gflops``, ``mean_steps`` there."""
+    ok = sweep[sweep["accuracy"] >= noexit_accuracy - tolerance - 1e-12]
+    pick = (
+        ok.sort_values(["gflops", "threshold"], kind="stable").iloc[0]
+        if len(ok)
+        else sweep.sort_values(["accuracy", "gflops"], ascending=[False, True]).iloc[0]
+    )
+    return {
+        "threshold": float(pick["threshold"]),
+        "accuracy": float(pick["accuracy"]),
+        "gflops": float(pick["gflops"]),
+        "mean_steps": float(pick["mean_steps"]),
+        "tolerance": float(tolerance),
+    }

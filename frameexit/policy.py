@@ -49,6 +49,26 @@ def list_policies() -> list[str]:
     return list(_REGISTRY)
 
 
+def takes_seed(policy: Policy) -> bool:
+    """Whether a policy is random and takes a ``seed`` keyword (e.g. ``random``)."""
+    import inspect
+
+    try:
+        return "seed" in inspect.signature(policy).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def video_seed(base: int, key: str, epoch: int | None = None) -> int:
+    """A stable 63-bit seed for one video (and one epoch): the same on every machine and
+    run, different for every (base, key, epoch). Random policies and augmentation draw
+    from it, so a run is reproducible from ``train.seed`` and each epoch differs."""
+    import hashlib
+
+    text = f"{int(base)}|{key}|{'eval' if epoch is None else int(epoch)}"
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
 # The visiting order hard-coded in the authors' inference code for T = 10 pre-sampled frames.
 OFFICIAL_ORDER_T10: tuple[int, ...] = (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)
 
@@ -127,7 +147,9 @@ def random_policy(num_frames: int, num_steps: int, seed: int = 0) -> list[int]:
     """Distinct frames in a random order, reproducible from ``seed`` (ablation baseline).
 
     Draws min(N, T) frames without replacement; a short video then cycles through its
-    drawn order again.
+    drawn order again. Training and evaluation pass a per-video (and, in training,
+    per-epoch) seed (:func:`video_seed`), so videos of the same length get different
+    orders and every epoch draws anew.
     """
     _check(num_frames, num_steps)
     rng = random.Random(f"frameexit-random-policy:{seed}:{num_frames}")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from frameexit.config import Config, StageConfig
-from frameexit.losses import classification_loss, gate_loss, gate_pseudo_labels
+from frameexit.losses import gate_loss, gate_pseudo_labels, per_step_losses
 
 
 def epoch_lr(stage: StageConfig, epoch: int) -> float:
@@ -62,12 +62,14 @@ def stage1_step(
     cfg: Config,
     *,
     autocast: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_cls of one batch and the step-T logits (for a running accuracy)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_cls of one batch, the step-T logits (for a running accuracy) and the mean loss of
+    each step ``[T]`` (detached, for tracking how each classifier f_t learns)."""
     with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=autocast):
         out = model(frames)
     logits = out.logits.float()
-    return classification_loss(logits, target, cfg.model.multi_label), logits[:, -1]
+    losses = per_step_losses(logits, target, cfg.model.multi_label)
+    return losses.mean(), logits[:, -1], losses.detach().mean(dim=0)
 
 
 def stage2_step(

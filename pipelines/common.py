@@ -37,11 +37,76 @@ RAY_ENV = {
 }
 
 
-def setup_logging() -> None:
-    """INFO logs of this package on stderr (entry points call it once)."""
+#: ``--verbose`` sets it: Ray's own progress bars and warnings on the console again.
+VERBOSE_ENV = "FRAMEEXIT_VERBOSE"
+
+
+def verbose() -> bool:
+    """Whether Ray's own console output (operator progress bars, worker warnings) is on."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+def setup_logging(*, verbose_console: bool = False) -> None:
+    """INFO logs of this package on stderr (entry points call it once). The console stays
+    quiet — frameexit's lines, one per epoch and phase — unless ``verbose_console``."""
+    if verbose_console:
+        os.environ[VERBOSE_ENV] = "1"
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("frameexit").setLevel(logging.INFO)
+    if not verbose():
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+#: Exit codes of the entry points, for schedulers: 0 done, 1 finished but incomplete
+#: (rerun the same command: it resumes), 2 bad arguments, config, manifest or checkpoint
+#: (fix them first), 3 a runtime failure (infrastructure, storage: retrying may help),
+#: 130 interrupted.
+EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def run_command(main: Any, argv: list[str] | None) -> int:
+    """Run an entry point's ``main(argv)`` and map its outcome to an exit code (above).
+    ``main`` returns a result (a ``complete: False`` in it means incomplete) or raises."""
+    from frameexit.errors import CheckpointError, ConfigError, ManifestError
+    from frameexit.storage import scrub
+
+    try:
+        result = main(argv)
+    except SystemExit as stop:  # argparse: --help is 0, a usage error 2
+        return int(stop.code or 0) if isinstance(stop.code, int) else EXIT_CONFIG
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_INTERRUPTED
+    except (ConfigError, ManifestError, CheckpointError) as error:
+        log.error("%s", scrub(str(error)))
+        return EXIT_CONFIG
+    except Exception as error:  # noqa: BLE001 - the code tells a scheduler to retry
+        log.exception("failed: %s", scrub(f"{type(error).__name__}: {error}"))
+        return EXIT_FAILURE
+    if isinstance(result, dict) and result.get("complete") is False:
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def _ray_env() -> dict[str, str]:
+    env = dict(RAY_ENV)
+    if not verbose():  # Ray Data's operator bars also run in SplitCoordinator actors
+        env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    else:
+        env[VERBOSE_ENV] = "1"
+    return env
+
+
+def _quiet_ray_kwargs() -> dict[str, Any]:
+    """Worker-side logging of a quiet run: errors only (frameexit's progress lines are
+    written to stdout, not logged, so they still reach the driver)."""
+    import ray
+
+    if verbose():
+        return {}
+    return {"logging_config": ray.LoggingConfig(log_level="ERROR")}
 
 
 class RunPaths:
@@ -84,6 +149,28 @@ class RunPaths:
 # --- Ray ------------------------------------------------------------------------------
 
 
+def shared(value: Any) -> list:
+    """``value`` in the object store, as ``[ObjectRef]`` for a task/actor/loop argument.
+
+    Configs carry credentials (``data.storage_options``); passed as plain arguments they
+    would sit in task specs, Ray Train's exported run settings and the dashboard. Through
+    the object store only a reference travels (the list keeps Ray from resolving it).
+    """
+    import ray
+
+    return [ray.put(value)]
+
+
+def unshared(value: Any) -> Any:
+    """The value behind :func:`shared` (anything else is returned as it is)."""
+    if isinstance(value, list) and len(value) == 1:
+        import ray
+
+        if isinstance(value[0], ray.ObjectRef):
+            return ray.get(value[0])
+    return value
+
+
 def ensure_ray(
     cfg: Config | None = None,
     *,
@@ -100,12 +187,17 @@ def ensure_ray(
     """
     import ray
 
-    for key, value in RAY_ENV.items():
+    env = _ray_env()
+    for key, value in env.items():
         os.environ.setdefault(key, value)
+    if not verbose():
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": dict(RAY_ENV)}, log_to_driver=True)
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True, **_quiet_ray_kwargs())
         return
     need = 2.0 if cpus_needed is None else cpus_needed
     if cfg is not None and cpus_needed is None:
@@ -118,7 +210,8 @@ def ensure_ray(
         address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
-        runtime_env={"env_vars": dict(RAY_ENV)},
+        runtime_env={"env_vars": env},
         log_to_driver=True,
+        **_quiet_ray_kwargs(),
         **kwargs,
     )

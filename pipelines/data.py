@@ -4,12 +4,14 @@
 
     manifest (driver: URIs + labels only)
       │  from_pandas, one small block per `rows_per_block` videos
-      │  (training: randomize_block_order, reseeded every epoch)
+      │  (training: every epoch a row-level permutation seeded by (train.seed, epoch),
+      │  then cut into blocks — any manifest order, class-sorted included)
       ▼
     map_batches(DecodeVideos)           Ray Data tasks, `data.decode_concurrency` at once
-      │  per video: open URI (local or s3://) ─► N ─► policy(N, T) indices ─► decord
-      │  decodes only those T frames (or clips) ─► frames_to_tensor (resize, crop,
-      │  normalise; training: random crop + flip) ─► float16 [T, 3, S, S]
+      │  per video: open URI (local or s3://) ─► N ─► policy(N, T) indices (random
+      │  policies: a per-video, per-epoch seed) ─► decode only those T frames (or clips)
+      │  ─► frames_to_tensor (resize, crop, normalise; training: random crop + flip from
+      │  the same seed) ─► float16 [T, 3, S, S]
       │  a video that fails is left out and logged to {run}/skipped/ (never fatal)
       ▼
     {"frames": [T,3,S,S] f16, "target": int64 | [K] f32, "video": str, "row": int64}
@@ -29,7 +31,7 @@ consumer's prefetch (``prefetch_batches=1`` batch). At 112 px, T = 10 one video 
 from __future__ import annotations
 
 import logging
-import secrets
+import math
 import uuid
 from typing import Any
 
@@ -40,6 +42,7 @@ from frameexit.config import Config
 from frameexit.errors import VideoDecodeError
 from frameexit.sampling import open_window, read_steps, step_indices, video_input_shape
 from frameexit.storage import join_uri, list_files, options_for, read_parquet, write_parquet
+from pipelines.common import shared, unshared
 
 log = logging.getLogger("frameexit.pipelines.data")
 
@@ -61,6 +64,12 @@ def load_split(cfg: Config, split: str, *, limit: int | None = None) -> pd.DataF
     table = loaded.table
     if len(loaded.bad_rows):
         log.warning("%s: %d bad manifest rows ignored", cfg.data.manifest, len(loaded.bad_rows))
+    if "status" in table.columns:  # a `frameexit check` output: never meet what it refused
+        unusable = table["status"].astype(str) != "ok"
+        if unusable.any():
+            log.info("%s: %d videos the check found unusable left out", cfg.data.manifest,
+                     int(unusable.sum()))  # fmt: skip
+        table = table[~unusable]
     rows = table.index[table["split"] == split]
     frame = pd.DataFrame(
         {
@@ -105,11 +114,13 @@ class DecodeVideos:
         *,
         train: bool,
         skip_dir: str | None = None,
+        views: int = 1,
     ) -> None:
         from frameexit.backbones import backbone_spec
         from frameexit.policy import get_policy
 
         self.cfg = cfg
+        self.views = int(views)
         self.split = split
         self.train = train and cfg.data.augment
         self.skip_dir = skip_dir
@@ -120,6 +131,7 @@ class DecodeVideos:
     def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
         import torch
 
+        from frameexit.policy import video_seed
         from frameexit.transforms import frames_to_tensor
 
         m = self.cfg.model
@@ -129,45 +141,52 @@ class DecodeVideos:
             "target": [],
             "frames": [],
             "num_frames": [],
+            "view": [],
         }
         failures = []
-        generator = torch.Generator().manual_seed(secrets.randbits(62)) if self.train else None
         for row in batch.itertuples(index=False):
+            # one seed per video and epoch: random policies and augmentation are
+            # reproducible from train.seed, and differ from epoch to epoch
+            epoch = getattr(row, "epoch", None)
+            epoch = None if epoch is None or epoch < 0 else int(epoch)
+            seed = video_seed(self.cfg.train.seed, f"{row.row}:{row.video}", epoch)
+            known = int(row.num_frames) if getattr(row, "num_frames", -1) > 0 else None
             try:
-                raw, num_frames = self._decode(str(row.video), row.start, row.end)
+                raw, num_frames = self._decode(str(row.video), row.start, row.end, seed, known)
             except (VideoDecodeError, OSError, RuntimeError, ValueError) as error:
                 failures.append(_failure(str(row.video), self.split, error))
                 continue
-            frames = frames_to_tensor(
-                raw,
-                image_size=m.image_size,
-                mean=self.mean,
-                std=self.std,
-                train=self.train,
-                generator=generator,
-            )
-            out["row"].append(int(row.row))
-            out["video"].append(str(row.video))
-            out["target"].append(_target(row.label_ids, m.num_classes, m.multi_label))
-            out["frames"].append(frames.numpy().astype(FRAME_DTYPE))
-            out["num_frames"].append(num_frames)
+            for view in range(self.views):  # one row per spatial view (evaluation)
+                frames = frames_to_tensor(
+                    raw,
+                    image_size=m.image_size,
+                    mean=self.mean,
+                    std=self.std,
+                    train=self.train,
+                    generator=torch.Generator().manual_seed(seed) if self.train else None,
+                    view=(view, self.views),
+                )
+                out["row"].append(int(row.row))
+                out["video"].append(str(row.video))
+                out["target"].append(_target(row.label_ids, m.num_classes, m.multi_label))
+                out["frames"].append(frames.numpy().astype(FRAME_DTYPE))
+                out["num_frames"].append(num_frames)
+                out["view"].append(view)
         if failures:
             self._log_failures(failures)
         return _stack(out, self.cfg)
 
-    def _decode(self, uri: str, start: float, end: float) -> tuple[np.ndarray, int]:
-        """The policy's T frames (or clips) of the video, or of its [start, end) segment."""
-        from frameexit.video import open_video
+    def _decode(
+        self, uri: str, start: float, end: float, seed: int, known: int | None = None
+    ) -> tuple[np.ndarray, int]:
+        """The policy's T frames (or clips) of the video, or of its [start, end) segment
+        (``known``: the frame count a checked manifest measured)."""
+        from frameexit.inference import reader_opener
 
-        d, m = self.cfg.data, self.cfg.model
-        with open_video(
-            uri,
-            storage_options=options_for(uri, d.storage_options) or None,
-            timeout_s=d.decode_timeout_s,
-            backend=d.decode_backend,
-        ) as reader:
-            window = open_window(reader, uri, start, end)
-            indices = step_indices(window, self.policy, m.num_steps)
+        m = self.cfg.model
+        with reader_opener(self.cfg)(uri) as reader:
+            window = open_window(reader, uri, start, end, known_frames=known)
+            indices = step_indices(window, self.policy, m.num_steps, seed=seed)
             return read_steps(reader, indices, m.clip_length), window.num_frames
 
     def _log_failures(self, failures: list[dict[str, str]]) -> None:
@@ -181,10 +200,17 @@ class DecodeVideos:
 
 
 def decode_batch(
-    batch: pd.DataFrame, *, cfg: Config, split: str, train: bool, skip_dir: str | None
+    batch: pd.DataFrame,
+    *,
+    cfg: Config,
+    split: str,
+    train: bool,
+    skip_dir: str | None,
+    views: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Ray Data task body: :class:`DecodeVideos` on one block of manifest rows."""
-    return DecodeVideos(cfg, split, train=train, skip_dir=skip_dir)(batch)
+    """Ray Data task body: :class:`DecodeVideos` on one block of manifest rows (``cfg`` may
+    come as :func:`pipelines.common.shared`)."""
+    return DecodeVideos(unshared(cfg), split, train=train, skip_dir=skip_dir, views=views)(batch)
 
 
 def _failure(video: str, split: str, error: Exception) -> dict[str, str]:
@@ -226,7 +252,82 @@ def _stack(out: dict[str, list], cfg: Config) -> dict[str, np.ndarray]:
         "target": target,
         "frames": frames,
         "num_frames": np.asarray(out["num_frames"], dtype=np.int64),
+        "view": np.asarray(out["view"], dtype=np.int64),
     }
+
+
+# --- features of decoded frames (runs in Ray Data actors) -----------------------------
+
+
+class FeatureExtractor:
+    """Ray Data actor: decoded frames → z_1..z_T, per-step logits and losses (the stage-2
+    feature cache), or with ``steps_only`` just every step's logits and exit
+    probabilities (evaluation of a trained model: a few numbers per video, not T × D)."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        storage_options: Any,
+        use_gpu: bool,
+        steps_only: bool = False,
+    ) -> None:
+        import torch
+
+        from frameexit.checkpoint import load_model_checkpoint
+
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.model, self.cfg = load_model_checkpoint(
+            model_uri, storage_options=unshared(storage_options) or None, device=self.device
+        )
+        self.steps_only = steps_only
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        import torch
+
+        from frameexit.losses import per_step_losses
+
+        with torch.no_grad():
+            frames = torch.from_numpy(np.array(batch["frames"])).to(self.device, torch.float32)
+            target = torch.from_numpy(np.array(batch["target"])).to(self.device)
+            out = self.model(frames)
+            losses = per_step_losses(out.logits.float(), target, self.cfg.model.multi_label)
+        target_np = np.asarray(batch["target"])
+        if self.steps_only:
+            logits, probs, first = self.model.step_outputs(out.features)
+            result = {
+                "video": batch["video"],
+                "row": batch["row"],
+                "view": batch["view"],
+                "target": target_np,
+                "logits": logits.float().cpu().numpy(),
+                "gate_probs": probs.float().cpu().numpy(),
+            }
+            if first is not None:
+                result["first_exits"] = first.cpu().numpy()
+            return result
+        if self.cfg.model.multi_label:
+            label_ids = [np.flatnonzero(row).astype(np.int32) for row in target_np]
+        else:
+            label_ids = [np.asarray([t], dtype=np.int32) for t in target_np]
+        return {
+            "video": batch["video"],
+            "row": batch["row"],
+            "label_ids": _object_column(label_ids),
+            "target": target_np,
+            "num_frames": batch["num_frames"],
+            "features": out.features.float().cpu().numpy(),
+            "logits": out.logits.float().cpu().numpy(),
+            "step_losses": losses.float().cpu().numpy(),
+        }
+
+
+def _object_column(items: list) -> Any:
+    import numpy as np
+
+    column = np.empty(len(items), dtype=object)
+    column[:] = items
+    return column
 
 
 # --- the dataset ----------------------------------------------------------------------
@@ -248,12 +349,67 @@ def object_store_budget(cfg: Config) -> int:
 
 
 def ingest_options(cfg: Config):
-    """Ray Data execution options that bound the pipeline's object-store use."""
+    """Ray Data execution options: bounded object-store use, and blocks delivered in the
+    permuted order (so each DDP worker gets the same batches in every run with the same
+    ``train.seed``: training is reproducible, whatever the task completion order)."""
     from ray.data import ExecutionOptions, ExecutionResources
 
     return ExecutionOptions(
-        resource_limits=ExecutionResources(object_store_memory=object_store_budget(cfg))
+        resource_limits=ExecutionResources(object_store_memory=object_store_budget(cfg)),
+        preserve_order=True,
     )
+
+
+class EpochClock:
+    """Ray actor (``num_cpus=0``): the epoch the training loop is in. Train workers set it
+    before they iterate an epoch; the permutation task of that epoch's execution reads
+    it, so row order, random policies and augmentation are functions of (train.seed,
+    epoch) — the same after a resume as in an uninterrupted run."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def start_epoch_clock(name: str) -> Any:
+    """The named :class:`EpochClock` of one run (created, or found if it exists)."""
+    import ray
+
+    return (
+        ray.remote(num_cpus=0, max_restarts=-1)(EpochClock)
+        .options(name=name, get_if_exists=True)
+        .remote()
+    )
+
+
+def set_epoch(name: str | None, epoch: int) -> None:
+    """Tell the run's epoch clock (if any) that ``epoch`` starts now."""
+    if name:
+        import ray
+
+        ray.get(ray.get_actor(name).set.remote(epoch))
+
+
+def permute_rows(batch: pd.DataFrame, *, seed: int, clock: str | None) -> pd.DataFrame:
+    """All manifest rows of a split in the order of this epoch (a permutation seeded by
+    ``(seed, epoch)`` of the rows sorted by video, whatever the manifest's order), with an
+    ``epoch`` column for per-video seeds downstream."""
+    epoch = 0
+    if clock:
+        import ray
+
+        epoch = int(ray.get(ray.get_actor(clock).get.remote()))
+    # canonical order first (by video and segment), so the epoch's order depends on the
+    # set of videos and (seed, epoch) only: a class-sorted manifest trains on exactly the
+    # batches a shuffled one does
+    canonical = batch.sort_values(["video", "start", "end"], kind="stable", na_position="first")
+    order = np.random.default_rng([int(seed), epoch]).permutation(len(canonical))
+    return canonical.iloc[order].assign(epoch=np.int64(epoch)).reset_index(drop=True)
 
 
 def video_dataset(
@@ -264,11 +420,17 @@ def video_dataset(
     skip_dir: str | None = None,
     limit: int | None = None,
     decode_cpus: float = 1.0,
+    clock: str | None = None,
+    views: int = 1,
 ):
     """A lazy Ray Dataset of decoded examples of ``split`` (see the module docstring).
 
-    ``train=True`` shuffles block order every epoch and applies augmentation (if
-    ``data.augment``). ``skip_dir`` receives the list of videos that failed to decode.
+    ``train=True``: every epoch the rows are permuted (row level, whatever the manifest's
+    order: Kinetics CSVs are sorted by class) before they are cut into decode blocks,
+    with the epoch read from the run's :class:`EpochClock` ``clock`` (epoch 0 without
+    one), and augmentation applies (if ``data.augment``). Without: ``views = V`` gives V
+    rows per video, one per spatial crop (column ``view``; see ``frames_to_tensor``).
+    ``skip_dir`` receives the list of videos that failed to decode.
     """
     import ray
 
@@ -276,17 +438,30 @@ def video_dataset(
     if rows.empty:
         raise ValueError(f"{cfg.data.manifest}: split {split!r} has no videos")
     per_block = rows_per_block(cfg)
-    blocks = [rows.iloc[i : i + per_block] for i in range(0, len(rows), per_block)]
-    ds = ray.data.from_pandas(blocks)
+    num_blocks = max(1, math.ceil(len(rows) / per_block))
     if train:
-        from ray.data import RandomSeedConfig
-
-        ds = ds.randomize_block_order(
-            seed=RandomSeedConfig(seed=cfg.train.seed, reseed_after_execution=True)
+        # the manifest is small (a few hundred bytes a video): one task permutes it all,
+        # then it is cut into decode blocks so decoding runs in parallel
+        ds = ray.data.from_pandas([rows]).map_batches(
+            permute_rows,
+            fn_kwargs={"seed": cfg.train.seed, "clock": clock},
+            batch_size=None,
+            batch_format="pandas",
+            num_cpus=0.1,
         )
+        ds = ds.repartition(num_blocks)
+    else:
+        blocks = [rows.iloc[i : i + per_block] for i in range(0, len(rows), per_block)]
+        ds = ray.data.from_pandas(blocks)
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={"cfg": cfg, "split": split, "train": train, "skip_dir": skip_dir},
+        fn_kwargs={
+            "cfg": shared(cfg),
+            "split": split,
+            "train": train,
+            "skip_dir": skip_dir,
+            "views": int(views),
+        },
         batch_size=per_block,
         batch_format="pandas",
         num_cpus=decode_cpus,

@@ -15,6 +15,7 @@ threshold sweep) and the Fig. 3/4/5-style PNGs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -55,14 +56,14 @@ def read_cache_outputs(
     for batch in dataset.to_batches(columns=["video", "target", "features"], batch_size=batch_size):
         if batch.num_rows == 0:
             continue
-        z = torch.from_numpy(_tensor_column(batch.column("features"), feature_shape))
+        z = torch.from_numpy(tensor_column(batch.column("features"), feature_shape))
         step_logits, gate_probs, first = model.step_outputs(z)
         videos.extend(str(v) for v in batch.column("video").to_pylist())
         target = batch.column("target")
         if pa.types.is_integer(target.type):
             targets.append(target.to_numpy())
         else:  # multi-hot [K] per video (a Ray tensor column, or a plain list)
-            targets.append(_tensor_column(target, (num_classes,)))
+            targets.append(tensor_column(target, (num_classes,)))
         logits.append(step_logits.numpy())
         probs.append(gate_probs.numpy())
         if first is not None:
@@ -78,7 +79,7 @@ def read_cache_outputs(
     }
 
 
-def _tensor_column(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+def tensor_column(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
     """A tensor column of per-row ``shape`` (Ray's tensor extension type, or the plain
     nested/flattened ``large_list`` it is stored as) → float32 ``[rows, *shape]``."""
     if isinstance(column, pa.ChunkedArray):
@@ -171,3 +172,170 @@ def _class_names(cfg: Config) -> list[str]:
         return list(load_manifest(cfg.data.manifest).class_names)
     except Exception:  # noqa: BLE001 - names are cosmetic
         return []
+
+
+# --- any checkpoint, any split, K views ---------------------------------------------------
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    model_uri: str,
+    *,
+    split: str,
+    views: int = 1,
+    threshold: float | None = None,
+    out: str,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Decode ``split`` of ``data.manifest`` and evaluate the checkpoint ``model_uri`` on it
+    with ``views`` spatial crops per video (no feature cache needed); writes ``out``.
+
+    Protocol. ``views=1`` is the paper's: one centre crop, the policy's T frames over the
+    whole video (or segment). ``views=V`` (V = 3: left/centre/right along the longer side)
+    is the multi-crop protocol common in video recognition, *not* the paper's: each view
+    runs every step, and per step the class scores (softmax, or sigmoid when multi-label)
+    and the exit probabilities are averaged over the views before the exit rule; a video
+    then costs V × its exit step × the step's GFLOPs.
+    """
+    import ray.data
+
+    from frameexit.checkpoint import read_model_checkpoint
+    from frameexit.evaluation import evaluate_outputs
+    from frameexit.flops import StepCost, step_gflops
+    from pipelines.common import ensure_ray, shared
+    from pipelines.data import FeatureExtractor, video_dataset
+    from pipelines.report import write_evaluation
+
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    ensure_ray(cfg)
+    options = options_for(model_uri, cfg.data.storage_options)
+    _, model_cfg, _ = read_model_checkpoint(model_uri, storage_options=options or None)
+    cfg.model = model_cfg.model  # the checkpoint decides what the model sees
+    ds = video_dataset(cfg, split, train=False, views=views).map_batches(
+        FeatureExtractor,
+        fn_constructor_kwargs={
+            "model_uri": model_uri,
+            "storage_options": shared(options),
+            "use_gpu": cfg.train.use_gpu,
+            "steps_only": True,
+        },
+        batch_size=cfg.data.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.train.num_workers)),
+        num_cpus=cfg.train.cpus_per_worker,
+        num_gpus=1 if cfg.train.use_gpu else 0,
+    )
+    frame = ds.to_pandas()
+    if frame.empty:
+        raise ValueError(f"{cfg.data.manifest}: no video of split {split!r} could be decoded")
+    frame = frame.sort_values(["view", "row"], kind="stable")
+    per_view = [group.reset_index(drop=True) for _, group in frame.groupby("view", sort=True)]
+    m = model_cfg.model
+    logits = np.stack([np.stack(f["logits"].map(np.asarray)) for f in per_view])
+    probs = np.stack([np.stack(f["gate_probs"].map(np.asarray)) for f in per_view])
+    num = logits.shape[-1]
+    logits = logits.reshape(views, len(per_view[0]), m.num_steps, num).astype(np.float32)
+    scores = (
+        torch.sigmoid(torch.as_tensor(logits))
+        if m.multi_label
+        else torch.softmax(torch.as_tensor(logits), -1)
+    )
+    mean_scores = scores.mean(0).clamp(1e-7, 1 - 1e-7 if m.multi_label else 1.0)
+    combined = (
+        torch.logit(mean_scores) if m.multi_label else torch.log(mean_scores)
+    ).numpy()  # softmax/sigmoid of these are the averaged scores
+    first = None
+    if "first_exits" in per_view[0]:
+        first = np.mean([f["first_exits"].to_numpy(dtype=float) for f in per_view], 0) >= 0.5
+    target = per_view[0]["target"]
+    target = np.stack(target.map(np.asarray)) if m.multi_label else target.to_numpy()
+    cost = step_gflops(model_from(model_uri, options), m.image_size)
+    view_cost = StepCost(*(views * value for value in dataclasses.astuple(cost)))
+    result = evaluate_outputs(
+        logits=combined,
+        gate_probs=probs.reshape(views, -1, m.num_steps).mean(0),
+        target=target,
+        step_cost=view_cost,
+        threshold=m.exit_threshold if threshold is None else float(threshold),
+        multi_label=m.multi_label,
+        first_exits=first,
+        videos=per_view[0]["video"].tolist(),
+        class_names=_class_names(cfg),
+    )
+    metrics = {
+        "split": split,
+        **result.metrics,
+        "views": int(views),
+        "protocol": "paper (1 centre crop)"
+        if views == 1
+        else f"{views} spatial crops (not the paper's)",
+        "beta": float(cfg.train.beta),
+        "model": model_uri,
+    }
+    write_evaluation(
+        out,
+        result,
+        metrics,
+        plots=plots,
+        storage_options=options_for(out, cfg.data.storage_options),
+    )
+    return metrics
+
+
+def model_from(uri: str, options: dict[str, Any]) -> torch.nn.Module:
+    """The model of a checkpoint (eval mode, CPU)."""
+    from frameexit.checkpoint import load_model_checkpoint
+
+    return load_model_checkpoint(uri, storage_options=options or None)[0]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python pipelines/evaluate.py --checkpoint X --split test --views 3 [a.b=value]``."""
+    import argparse
+
+    from frameexit.config import config_help, load_config
+    from frameexit.storage import absolute_uri, join_uri, parent_uri
+    from pipelines.common import setup_logging
+    from pipelines.report import format_metrics
+
+    parser = argparse.ArgumentParser(
+        description="Evaluate a FrameExit checkpoint on a split of a manifest (decodes it)",
+        epilog=config_help(["data"])
+        + "\nexit codes: 0 done, 2 bad arguments/config/checkpoint, 3 runtime failure",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint URI")
+    parser.add_argument("--config", help="YAML config (data.*: manifest, storage options)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--views", type=int, default=1, help="spatial crops per video")
+    parser.add_argument("--threshold", type=float, help="exit threshold (model.exit_threshold)")
+    parser.add_argument("--output", help="output folder (default: beside the checkpoint)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    args = parser.parse_args(argv)
+    setup_logging()
+    checkpoint = absolute_uri(args.checkpoint)
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.data.manifest:
+        from frameexit.checkpoint import read_model_checkpoint
+
+        options = options_for(checkpoint, cfg.data.storage_options)
+        cfg.data.manifest = read_model_checkpoint(checkpoint, storage_options=options or None)[
+            1
+        ].data.manifest
+    out = args.output or join_uri(
+        parent_uri(parent_uri(checkpoint)), "eval", f"{args.split}-views{args.views}"
+    )
+    metrics = evaluate_checkpoint(
+        cfg, checkpoint, split=args.split, views=args.views, threshold=args.threshold, out=out
+    )
+    print(format_metrics(metrics), flush=True)
+    print(f"({metrics['protocol']}; outputs: {out})", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipelines.common import run_command
+
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -43,6 +43,7 @@ from frameexit.training import (
     stage2_step,
     unwrap,
 )
+from pipelines.common import unshared
 
 log = logging.getLogger("frameexit.pipelines.loops")
 
@@ -106,14 +107,19 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
 
 
 def stage1_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker loop of stage 1 (``config``: ``cfg`` dict, optional ``fault``)."""
+    """Ray Train worker loop of stage 1.
+
+    ``config``: ``cfg`` (shared config dict), ``clock`` (the run's epoch clock),
+    ``best_uri`` (where rank 0 keeps the best model by the validation metric), ``fault``.
+    """
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
-    from frameexit.losses import set_stage
+    from frameexit.losses import per_step_losses, set_stage
     from frameexit.model import build_model
+    from pipelines.data import set_epoch
 
-    cfg = config_from_dict(config["cfg"])
+    cfg = config_from_dict(unshared(config["cfg"]))
     stage, context = cfg.train.stage1, ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(cfg.train.seed)
@@ -123,28 +129,38 @@ def stage1_loop(config: dict[str, Any]) -> None:
     device = get_device()
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), stage)
     start, metrics = _restore(optimizer, unwrap(model).load_state_dict)
+    best = {k: metrics[k] for k in ("best_val", "best_epoch") if k in metrics}
     autocast = cfg.train.use_gpu and cfg.train.mixed_precision and device.type == "cuda"
     shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if config.get("validate") else None
     target_dtype = torch.float32 if cfg.model.multi_label else torch.int64
     dtypes = {"frames": torch.float32, "target": target_dtype}  # Ray wants every column
+    steps = cfg.model.num_steps
     for epoch in range(start, stage.epochs):
+        set_epoch(config.get("clock"), epoch)  # row order and seeds of this epoch
         set_lr(optimizer, epoch_lr(stage, epoch))
         model.train()
         began, loss_sum, correct, seen = time.perf_counter(), 0.0, 0.0, 0.0
+        step_sum = torch.zeros(steps, dtype=torch.float64)
         for batch in shard.iter_torch_batches(
             batch_size=cfg.data.batch_size, dtypes=dtypes, device=device
         ):
             frames, target = batch["frames"], batch["target"]
-            loss, last_logits = stage1_step(model, frames, target, cfg, autocast=autocast)
+            loss, last_logits, step_losses = stage1_step(
+                model, frames, target, cfg, autocast=autocast
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             n = frames.shape[0]
             loss_sum += float(loss.detach()) * n
+            step_sum += step_losses.double().cpu() * n
             seen += n
             if not cfg.model.multi_label:
                 correct += float((last_logits.argmax(-1) == target).sum())
-        loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
+        loss_sum, correct, seen, *step_sum = _all_reduce(
+            [loss_sum, correct, seen, *step_sum.tolist()], device
+        )
         if seen == 0:
             raise RuntimeError("stage 1: no training video could be decoded (see skipped/)")
         metrics = {
@@ -155,11 +171,113 @@ def stage1_loop(config: dict[str, Any]) -> None:
             "loss": loss_sum / max(seen, 1),
             "train_top1_last_step": correct / max(seen, 1),
             "videos": int(seen),
-            "seconds": time.perf_counter() - began,
+            **{f"loss_step_{t + 1}": v / max(seen, 1) for t, v in enumerate(step_sum)},
         }
+        last = epoch + 1 == stage.epochs
+        if val_shard is not None and ((epoch + 1) % cfg.train.val_every == 0 or last):
+            val = _validate(model, val_shard, cfg, device, dtypes, per_step_losses)
+            metrics.update(val)
+            metric = val[f"val_{_metric_name(cfg)}"]
+            if "best_val" not in best or metric > best["best_val"]:
+                best = {"best_val": metric, "best_epoch": epoch + 1}
+                if rank == 0 and config.get("best_uri"):
+                    _save_best(unwrap(model), cfg, config, epoch + 1, metric)
+        metrics.update(best)
+        metrics["seconds"] = time.perf_counter() - began
         _end_epoch(metrics, stage.epochs, unwrap(model), optimizer, rank, config.get("fault"))
     if start >= stage.epochs:  # resumed a finished run: report it again so fit() returns it
         _report_finished(metrics, rank)
+
+
+def _metric_name(cfg: Any) -> str:
+    """The task's metric: mAP for multi-label data (HVU), top-1 otherwise."""
+    return "mAP" if cfg.model.multi_label else "top1"
+
+
+@torch.no_grad()
+def _validate(model, val_shard, cfg, device, dtypes, per_step_losses) -> dict[str, float]:
+    """Validation on every worker's shard; per-video scores are gathered so every rank
+    computes the same metric (mAP needs all videos at once). Metric of f_T (w/o exit) and
+    the mean per-step loss."""
+    import numpy as np
+
+    from frameexit.evaluation import accuracy
+
+    model.eval()
+    logits, targets, loss_sum = [], [], 0.0
+    for batch in val_shard.iter_torch_batches(
+        batch_size=cfg.data.batch_size, dtypes=dtypes, device=device
+    ):
+        out = unwrap(model)(batch["frames"])
+        step_logits = out.logits.float()
+        loss_sum += float(
+            per_step_losses(step_logits, batch["target"], cfg.model.multi_label).sum()
+        )
+        logits.append(step_logits[:, -1].cpu().numpy())
+        targets.append(batch["target"].cpu().numpy())
+    mine = (
+        np.concatenate(logits) if logits else np.zeros((0, cfg.model.num_classes), np.float32),
+        np.concatenate(targets) if targets else np.zeros((0,), np.int64),
+    )
+    gathered = [mine]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+    all_logits = np.concatenate([g[0] for g in gathered])
+    all_targets = np.concatenate([g[1] for g in gathered])
+    (loss_sum,) = _all_reduce([loss_sum], device)
+    n = len(all_logits)
+    name = _metric_name(cfg)
+    value = accuracy(all_logits, all_targets, multi_label=cfg.model.multi_label) if n else 0.0
+    model.train()
+    return {
+        f"val_{name}": float(value),
+        "val_loss": loss_sum / max(n * cfg.model.num_steps, 1),
+        "val_videos": int(n),
+    }
+
+
+@torch.no_grad()
+def _validate_gates(head, val_shard, cfg, device, beta: float) -> dict[str, float]:
+    """Gate loss, pseudo-label rate and gate agreement on the cached validation split."""
+    head.eval()
+    loss_sum, positive, agree, seen, cells = 0.0, 0.0, 0.0, 0.0, 0.0
+    for batch in val_shard.iter_torch_batches(
+        batch_size=cfg.data.batch_size, dtypes=torch.float32, device=device
+    ):
+        loss, logits, labels = stage2_step(head, batch["features"], batch["step_losses"], beta)
+        loss_sum += float(loss) * labels.shape[0]
+        seen += labels.shape[0]
+        cells += labels.numel()
+        positive += float(labels.sum())
+        agree += float(((logits >= 0).float() == labels).sum())
+    loss_sum, positive, agree, seen, cells = _all_reduce(
+        [loss_sum, positive, agree, seen, cells], device
+    )
+    head.train()
+    return {
+        "val_loss": loss_sum / max(seen, 1),
+        "val_pseudo_label_rate": positive / max(cells, 1),
+        "val_gate_agreement": agree / max(cells, 1),
+        "val_videos": int(seen),
+    }
+
+
+def _save_best(model, cfg, config: dict[str, Any], epoch: int, metric: float) -> None:
+    """Rank 0: the best model so far as a frameexit checkpoint (atomic, credentials
+    redacted), so downstream stages use the epoch with the best validation metric."""
+    from frameexit.checkpoint import save_model_checkpoint
+    from frameexit.config import config_to_dict
+    from frameexit.storage import redact
+
+    name = _metric_name(cfg)
+    save_model_checkpoint(
+        model,
+        config_from_dict(redact(config_to_dict(cfg))),
+        config["best_uri"],
+        storage_options=unshared(config.get("storage_options")) or None,
+        extra={"stage": 1, "epoch": epoch, f"val_{name}": metric, "selected_by": f"val_{name}"},
+    )
 
 
 def stage2_loop(config: dict[str, Any]) -> None:
@@ -170,12 +288,12 @@ def stage2_loop(config: dict[str, Any]) -> None:
     from frameexit.checkpoint import model_from_state, read_model_checkpoint
     from frameexit.losses import set_stage
 
-    cfg = config_from_dict(config["cfg"])
+    cfg = config_from_dict(unshared(config["cfg"]))
     stage, context = cfg.train.stage2, ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(cfg.train.seed)
     weights, _, _ = read_model_checkpoint(
-        config["stage1_uri"], storage_options=config.get("storage_options") or None
+        config["stage1_uri"], storage_options=unshared(config.get("storage_options")) or None
     )
     model = model_from_state(cfg.model, weights, source=config["stage1_uri"])
     set_stage(model, 2)
@@ -185,14 +303,20 @@ def stage2_loop(config: dict[str, Any]) -> None:
     optimizer = make_optimizer((p for p in gates.parameters() if p.requires_grad), stage)
     start, metrics = _restore(optimizer, gates.load_state_dict)
     shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if config.get("validate") else None
     beta = cfg.train.beta
+    buffer = max(8 * cfg.data.batch_size, 256)  # rows: the cache follows the manifest order
     for epoch in range(start, stage.epochs):
         set_lr(optimizer, epoch_lr(stage, epoch))
         head.train()
         began = time.perf_counter()
         loss_sum, positive, agree, seen, cells = 0.0, 0.0, 0.0, 0.0, 0.0
         for batch in shard.iter_torch_batches(
-            batch_size=cfg.data.batch_size, dtypes=torch.float32, device=device
+            batch_size=cfg.data.batch_size,
+            dtypes=torch.float32,
+            device=device,
+            local_shuffle_buffer_size=buffer,
+            local_shuffle_seed=cfg.train.seed * 1000 + epoch + rank,
         ):
             loss, logits, labels = stage2_step(head, batch["features"], batch["step_losses"], beta)
             optimizer.zero_grad(set_to_none=True)
@@ -216,8 +340,10 @@ def stage2_loop(config: dict[str, Any]) -> None:
             "pseudo_label_rate": positive / max(cells, 1),
             "gate_agreement": agree / max(cells, 1),
             "videos": int(seen),
-            "seconds": time.perf_counter() - began,
         }
+        if val_shard is not None:
+            metrics.update(_validate_gates(head, val_shard, cfg, device, beta))
+        metrics["seconds"] = time.perf_counter() - began
         _end_epoch(metrics, stage.epochs, gates, optimizer, rank, config.get("fault"))
     if start >= stage.epochs:
         _report_finished(metrics, rank)
@@ -265,11 +391,35 @@ def _say(line: str) -> None:
 
 
 def _progress(metrics: dict[str, Any], epochs: int) -> str:
-    parts = [f"stage {metrics['stage']} epoch {metrics['epoch']}/{epochs}"]
-    for key, value in metrics.items():
-        if key not in ("stage", "epoch"):
-            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    return "[frameexit] " + " ".join(parts)
+    """One console line per epoch: losses, metrics, lr, time and ETA."""
+
+    def pct(key: str) -> str:
+        return f"{100 * metrics[key]:.1f}%"
+
+    epoch, seconds = metrics["epoch"], float(metrics.get("seconds", 0.0))
+    parts = [
+        f"stage {metrics['stage']}",
+        f"epoch {epoch:>3}/{epochs}",
+        f"loss {metrics['loss']:.4f}",
+    ]
+    if "train_top1_last_step" in metrics:
+        parts.append(f"train top1 {pct('train_top1_last_step')}")
+    if "pseudo_label_rate" in metrics:
+        parts += [f"pseudo-labels {pct('pseudo_label_rate')}", f"agree {pct('gate_agreement')}"]
+    for name in ("top1", "mAP"):
+        if f"val_{name}" in metrics:
+            parts.append(f"val {name} {pct(f'val_{name}')}")
+            if "best_val" in metrics:
+                parts.append(f"(best {100 * metrics['best_val']:.1f}% @{metrics['best_epoch']})")
+    if "val_gate_agreement" in metrics:
+        parts.append(f"val agree {pct('val_gate_agreement')}")
+    eta = seconds * (epochs - epoch)
+    parts += [
+        f"lr {metrics['lr']:.0e}",
+        f"{seconds:.1f} s",
+        f"ETA {int(eta // 60)}m{int(eta % 60):02d}s",
+    ]
+    return "[frameexit] " + "  ".join(parts)
 
 
 def read_state(checkpoint) -> dict[str, Any]:

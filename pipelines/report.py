@@ -56,29 +56,45 @@ def write_evaluation(
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """A small table: FrameExit vs w/o exit."""
+    """The end-of-run table: w/o exit and FrameExit per split, the operating point chosen
+    on validation, and how many videos each number rests on."""
     metric = metrics["metric"]
-    rows = [
-        ("", metric, "frames", "GFLOPs"),
-        (
-            "w/o exit",
-            f"{100 * metrics['noexit_accuracy']:.1f}",
-            f"{metrics['noexit_frames']:.2f}",
-            f"{metrics['noexit_gflops']:.3f}",
-        ),
-        (
-            f"FrameExit (β={metrics['beta']:g}, τ={metrics['threshold']:g})",
-            f"{100 * metrics['accuracy']:.1f}",
-            f"{metrics['mean_frames']:.2f}",
-            f"{metrics['gflops']:.3f}",
-        ),
+    rows = [("", "split", "videos", metric, "frames", "GFLOPs", "vs w/o exit")]
+
+    def add(name: str, m: Mapping[str, Any], frameexit: bool) -> None:
+        acc = m["accuracy"] if frameexit else m["noexit_accuracy"]
+        frames = m["mean_frames"] if frameexit else m["noexit_frames"]
+        gflops = m["gflops"] if frameexit else m["noexit_gflops"]
+        saving = f"{m['noexit_gflops'] / gflops:.2f}x fewer" if frameexit and gflops else ""
+        rows.append(
+            (name, m["split"], str(m["num_videos"]), f"{100 * acc:.1f}", f"{frames:.2f}",
+             f"{gflops:.4g}", saving)
+        )  # fmt: skip
+
+    point = metrics.get("operating_point")
+    add("w/o exit", metrics, False)
+    add(f"FrameExit (β={metrics['beta']:g}, τ={metrics['threshold']:g})", metrics, True)
+    test = metrics.get("test")
+    if test is not None:
+        add("w/o exit", test, False)
+        add(f"FrameExit (β={test['beta']:g}, τ={test['threshold']:g}, chosen on val)", test, True)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
     ]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{r[0]:<{width}}  {r[1]:>7}  {r[2]:>7}  {r[3]:>9}" for r in rows]
-    return (
-        "\n" + "\n".join(lines) + f"\n({metrics['num_videos']} videos, {metrics['split']} split, "
-        f"{metrics['gflops_saving']:.2f}x fewer GFLOPs)"
-    )
+    notes = []
+    if point is not None:
+        notes.append(
+            f"operating point chosen on {point['chosen_on']}: τ={point['threshold']:g}, the "
+            f"cheapest exit threshold within {100 * point['tolerance']:.1f} points of w/o exit"
+        )
+    if test is None:
+        notes.append("no test split in the manifest: the numbers are on validation only")
+    return "\n" + "\n".join(lines) + "".join(f"\n({n})" for n in notes)
 
 
 # --- plots ----------------------------------------------------------------------------

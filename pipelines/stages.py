@@ -24,6 +24,8 @@ import os
 import time
 from typing import Any
 
+import pandas as pd
+
 from frameexit.config import Config, config_from_dict, config_to_dict
 from frameexit.errors import ConfigError
 from frameexit.storage import (
@@ -32,13 +34,20 @@ from frameexit.storage import (
     list_files,
     options_for,
     pyarrow_filesystem,
+    read_bytes,
     redact,
     remove,
     url_to_fs,
     write_text,
 )
-from pipelines.common import RunPaths, ensure_ray
-from pipelines.data import collect_skipped, ingest_options, training_columns, video_dataset
+from pipelines.common import RunPaths, ensure_ray, shared
+from pipelines.data import (
+    FeatureExtractor,
+    collect_skipped,
+    ingest_options,
+    training_columns,
+    video_dataset,
+)
 from pipelines.evaluate import evaluate
 
 log = logging.getLogger("frameexit.pipelines")
@@ -77,15 +86,37 @@ def _fault(stage: int) -> dict[str, Any] | None:
 # --- Ray Train ------------------------------------------------------------------------
 
 
-def _fit(cfg: Config, loop, name: str, loop_config: dict[str, Any], datasets: dict[str, Any]):
+def _fit(
+    cfg: Config,
+    loop,
+    name: str,
+    loop_config: dict[str, Any],
+    datasets: dict[str, Any],
+    *,
+    stage: str,
+):
     """One TorchTrainer run under {run}/ray/{name}; returns the ray.train Result."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.tracking import tracking_callback
 
     paths = RunPaths(cfg)
     storage_fs, storage_path = pyarrow_filesystem(paths.ray, paths.options)
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    callbacks = []
+    if t.tracking:
+        callbacks.append(
+            tracking_callback(
+                paths.root,
+                stage if name in ("stage1", "stage2") else name,
+                list(t.tracking),
+                mlflow_uri=t.mlflow_uri,
+                run_name=t.name,
+                options=paths.options,
+            )
+        )
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -99,6 +130,7 @@ def _fit(cfg: Config, loop, name: str, loop_config: dict[str, Any], datasets: di
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=DataConfig(execution_options=ingest_options(cfg)),
@@ -111,56 +143,115 @@ def _fit(cfg: Config, loop, name: str, loop_config: dict[str, Any], datasets: di
     return result
 
 
+def _clock_name(paths: RunPaths, stage: str) -> str:
+    import hashlib
+
+    return f"frameexit-epoch-{stage}-{hashlib.sha256(paths.root.encode()).hexdigest()[:16]}"
+
+
 def run_stage1(cfg: Config) -> str:
-    """Stage 1 (backbone + projection + classifiers, L_cls) with Ray Train; returns the
-    URI of the final model ``{run}/checkpoints/stage1.pt``."""
-    from frameexit.checkpoint import model_from_state, save_model_checkpoint
+    """Stage 1 (backbone + projection + classifiers, L_cls) with Ray Train, validated on
+    ``data.val_split`` every ``train.val_every`` epochs; returns ``{run}/checkpoints/
+    stage1.pt``: the epoch with the best validation metric (top-1, or mAP for multi-label
+    data), or the last epoch when there is no validation split. The last epoch is kept as
+    ``stage1-last.pt`` either way."""
+    import ray
+
+    from frameexit.checkpoint import model_from_state, read_model_checkpoint, save_model_checkpoint
+    from pipelines.data import load_split, start_epoch_clock
     from pipelines.loops import read_state, stage1_loop
 
     ensure_ray(cfg)
     paths = RunPaths(cfg)
     began = time.perf_counter()
+    clock = _clock_name(paths, "stage1")
+    clock_actor = start_epoch_clock(clock)
     train = video_dataset(
-        cfg,
-        cfg.data.train_split,
-        train=True,
-        skip_dir=paths.skipped_parts,
+        cfg, cfg.data.train_split, train=True, skip_dir=paths.skipped_parts, clock=clock
     )
+    datasets = {"train": training_columns(train)}
+    validate = (
+        cfg.data.val_split != cfg.data.train_split and not load_split(cfg, cfg.data.val_split).empty
+    )
+    if validate:
+        val = video_dataset(cfg, cfg.data.val_split, train=False, skip_dir=paths.skipped_parts)
+        datasets["val"] = training_columns(val)
+    best_uri = paths.model("stage1-best")
     log.info(
-        "stage 1: %d epochs, %d workers -> %s",
+        "stage 1: %d epochs, %d workers%s -> %s",
         cfg.train.stage1.epochs,
         cfg.train.num_workers,
+        f", validating on {cfg.data.val_split!r} every {cfg.train.val_every}" if validate else "",
         paths("ray", "stage1"),
     )
-    result = _fit(
-        cfg,
-        stage1_loop,
-        "stage1",
-        {"cfg": config_to_dict(cfg), "fault": _fault(1)},
-        {"train": training_columns(train)},
-    )
+    try:
+        result = _fit(
+            cfg,
+            stage1_loop,
+            "stage1",
+            {
+                "cfg": shared(config_to_dict(cfg)),
+                "fault": _fault(1),
+                "clock": clock,
+                "validate": validate,
+                "best_uri": best_uri if validate else None,
+                "storage_options": shared(paths.options),
+            },
+            datasets,
+            stage="stage1",
+        )
+    finally:
+        ray.kill(clock_actor)
     state = read_state(result.checkpoint)
     model = model_from_state(cfg.model, state["model"], source="stage 1's last checkpoint")
-    uri = paths.model("stage1")
+    metrics = _scalars(state.get("metrics"))
+    last_uri, uri = paths.model("stage1-last"), paths.model("stage1")
+    extra = {"stage": 1, "epochs": int(state["epoch"]), **metrics}
     save_model_checkpoint(
-        model,
-        redacted(cfg),
-        uri,
-        storage_options=paths.options,
-        extra={"stage": 1, "epochs": int(state["epoch"]), **_scalars(state.get("metrics"))},
+        model, redacted(cfg), last_uri, storage_options=paths.options, extra=extra
     )
+    if validate and exists(best_uri, storage_options=paths.options):
+        best, _, best_extra = read_model_checkpoint(best_uri, storage_options=paths.options)
+        model = model_from_state(cfg.model, best, source=best_uri)
+        extra = {
+            **extra,
+            "selected_epoch": int(best_extra["epoch"]),
+            "selected_by": best_extra["selected_by"],
+        }
+    else:
+        extra = {**extra, "selected_epoch": int(state["epoch"]), "selected_by": "last epoch"}
+    save_model_checkpoint(model, redacted(cfg), uri, storage_options=paths.options, extra=extra)
     _finish_skipped(cfg)
     log.info(
-        "stage 1 done in %.0f s (%d epochs): %s", time.perf_counter() - began, state["epoch"], uri
+        "stage 1 done in %.0f s (%d epochs, model of epoch %d by %s): %s",
+        time.perf_counter() - began,
+        state["epoch"],
+        extra["selected_epoch"],
+        extra["selected_by"],
+        uri,
     )
     return uri
 
 
-def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str = "stage2") -> str:
-    """Stage 2 (gates only, L_gate with ``train.beta``) on the cached train split; returns
-    ``{run}/checkpoints/{name}.pt`` (the stage-1 model with trained gates)."""
+def _cache_dataset(cfg: Config, uri: str, columns: list[str], *, shuffle: bool):
     import ray.data
+    from ray.data import RandomSeedConfig
 
+    fs, path = pyarrow_filesystem(uri, _options(cfg, uri))
+    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
+    if shuffle:  # the cache follows the manifest's order: mix it every epoch
+        ds = ds.randomize_block_order(
+            seed=RandomSeedConfig(seed=cfg.train.seed, reseed_after_execution=True)
+        )
+    return ds
+
+
+def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str = "stage2") -> str:
+    """Stage 2 (gates only, L_gate with ``train.beta``) on the cached train split (rows
+    shuffled every epoch), with the gate loss and agreement on the cached validation split
+    per epoch; returns ``{run}/checkpoints/{name}.pt`` (the stage-1 model with trained
+    gates of the last epoch: the gate objective has no task metric to select by; the
+    exit threshold is chosen on validation by ``evaluate``)."""
     from frameexit.checkpoint import model_from_state, read_model_checkpoint, save_model_checkpoint
     from pipelines.loops import read_state, stage2_loop
 
@@ -168,10 +259,11 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
     paths = RunPaths(cfg)
     began = time.perf_counter()
     cache_uri = cache[cfg.data.train_split]
-    fs, path = pyarrow_filesystem(cache_uri, _options(cfg, cache_uri))
-    features = ray.data.read_parquet(path, filesystem=fs).select_columns(
-        ["features", "step_losses"]
-    )
+    columns = ["features", "step_losses"]
+    datasets = {"train": _cache_dataset(cfg, cache_uri, columns, shuffle=True)}
+    val_uri = cache.get(cfg.data.val_split)
+    if val_uri and cfg.data.val_split != cfg.data.train_split:
+        datasets["val"] = _cache_dataset(cfg, val_uri, columns, shuffle=False)
     log.info(
         "stage 2: beta=%g, %d epochs on %s", cfg.train.beta, cfg.train.stage2.epochs, cache_uri
     )
@@ -180,12 +272,14 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
         stage2_loop,
         name,
         {
-            "cfg": config_to_dict(cfg),
+            "cfg": shared(config_to_dict(cfg)),
             "stage1_uri": stage1_uri,
-            "storage_options": _options(cfg, stage1_uri),
+            "storage_options": shared(_options(cfg, stage1_uri)),
             "fault": _fault(2),
+            "validate": "val" in datasets,
         },
-        {"train": features},
+        datasets,
+        stage="stage2",
     )
     state = read_state(result.checkpoint)
     weights, _, _ = read_model_checkpoint(stage1_uri, storage_options=_options(cfg, stage1_uri))
@@ -212,55 +306,6 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
 # --- feature cache --------------------------------------------------------------------
 
 
-class FeatureExtractor:
-    """Ray Data actor: decoded frames → z_1..z_T, per-step logits and losses (stage-1 model)."""
-
-    def __init__(self, model_uri: str, storage_options: dict[str, Any], use_gpu: bool) -> None:
-        import torch
-
-        from frameexit.checkpoint import load_model_checkpoint
-
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model, self.cfg = load_model_checkpoint(
-            model_uri, storage_options=storage_options or None, device=self.device
-        )
-
-    def __call__(self, batch: dict) -> dict:
-        import numpy as np
-        import torch
-
-        from frameexit.losses import per_step_losses
-
-        with torch.no_grad():
-            frames = torch.from_numpy(np.array(batch["frames"])).to(self.device, torch.float32)
-            target = torch.from_numpy(np.array(batch["target"])).to(self.device)
-            out = self.model(frames)
-            losses = per_step_losses(out.logits.float(), target, self.cfg.model.multi_label)
-        target_np = np.asarray(batch["target"])
-        if self.cfg.model.multi_label:
-            label_ids = [np.flatnonzero(row).astype(np.int32) for row in target_np]
-        else:
-            label_ids = [np.asarray([t], dtype=np.int32) for t in target_np]
-        return {
-            "video": batch["video"],
-            "row": batch["row"],
-            "label_ids": _object_column(label_ids),
-            "target": target_np,
-            "num_frames": batch["num_frames"],
-            "features": out.features.float().cpu().numpy(),
-            "logits": out.logits.float().cpu().numpy(),
-            "step_losses": losses.float().cpu().numpy(),
-        }
-
-
-def _object_column(items: list) -> Any:
-    import numpy as np
-
-    column = np.empty(len(items), dtype=object)
-    column[:] = items
-    return column
-
-
 def build_feature_cache(
     cfg: Config, model_uri: str, splits: list[str] | tuple[str, ...], *, resume: bool = False
 ) -> dict[str, str]:
@@ -275,21 +320,25 @@ def build_feature_cache(
 
     ensure_ray(cfg)
     paths = RunPaths(cfg)
+    model_hash = _file_sha256(model_uri, _options(cfg, model_uri))
     out: dict[str, str] = {}
     for split in splits:
         uri = paths.features(split)
         marker = join_uri(uri, "_SUCCESS")
         if resume and exists(marker, storage_options=paths.options):
-            log.info("feature cache %s: reusing %s", split, uri)
-            out[split] = uri
-            continue
+            built_from = json.loads(read_bytes(marker, storage_options=paths.options))
+            if built_from.get("model_sha256") == model_hash:
+                log.info("feature cache %s: reusing %s", split, uri)
+                out[split] = uri
+                continue
+            log.info("feature cache %s: built from another stage-1 model; rebuilding", split)
         began = time.perf_counter()
         ds = video_dataset(cfg, split, train=False, skip_dir=paths.skipped_parts)
         ds = ds.map_batches(
             FeatureExtractor,
             fn_constructor_kwargs={
                 "model_uri": model_uri,
-                "storage_options": _options(cfg, model_uri),
+                "storage_options": shared(_options(cfg, model_uri)),
                 "use_gpu": cfg.train.use_gpu,
             },
             batch_size=cfg.data.batch_size,
@@ -302,7 +351,12 @@ def build_feature_cache(
         ds.write_parquet(storage_path, filesystem=storage_fs)
         # files, not rows: rows are counted by whoever reads the cache
         count = len(list_files(uri, suffixes=[".parquet"], storage_options=paths.options))
-        record = {"split": split, "model": model_uri, "files": int(count)}
+        record = {
+            "split": split,
+            "model": model_uri,
+            "model_sha256": model_hash,
+            "files": int(count),
+        }
         write_text(marker, json.dumps(record), storage_options=paths.options)
         log.info("feature cache %s: %s (%.0f s)", split, uri, time.perf_counter() - began)
         out[split] = uri
@@ -313,36 +367,177 @@ def build_feature_cache(
 # --- evaluation and the whole pipeline ------------------------------------------------
 
 
+#: Fields a ``--resume`` may change: how much to train (epochs: extend a run), where and
+#: how fast it runs, how it is tracked — never what shapes the model, the data or the
+#: optimisation (those refuse, naming the field).
+RESUMABLE_FIELDS = (
+    "train.stage1.epochs",
+    "train.stage2.epochs",
+    "train.max_failures",
+    "train.num_workers",
+    "train.cpus_per_worker",
+    "train.use_gpu",
+    "train.val_every",
+    "train.tracking",
+    "train.mlflow_uri",
+    "train.operating_point_tolerance",
+    "data.decode_concurrency",
+    "data.decode_timeout_s",
+    "data.decode_fetch",
+    "data.decode_range_min_bytes",
+    "data.storage_options",
+    "label",
+    "sweep",
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _manifest_sha256(cfg: Config) -> str:
+    return _file_sha256(cfg.data.manifest, _options(cfg, cfg.data.manifest))
+
+
+def check_resume(cfg: Config) -> None:
+    """Refuse a ``--resume`` whose config changed what the run's model and data are:
+    compares with the run's ``config.yaml`` (and the manifest's content with the hash
+    recorded in ``run.json``), naming every changed field that is not resumable."""
+    import yaml
+
+    paths = RunPaths(cfg)
+    if not exists(paths.config, storage_options=paths.options):
+        return
+    recorded = yaml.safe_load(read_bytes(paths.config, storage_options=paths.options)) or {}
+    before = _flatten(recorded)
+    now = _flatten(config_to_dict(redacted(cfg)))
+    changed = sorted(
+        key
+        for key in set(before) | set(now)
+        if before.get(key) != now.get(key)
+        and not any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS)
+    )
+    record_uri = paths("run.json")
+    if exists(record_uri, storage_options=paths.options):
+        run = json.loads(read_bytes(record_uri, storage_options=paths.options))
+        if run.get("manifest_sha256") not in (None, _manifest_sha256(cfg)):
+            changed.append("data.manifest (its content)")
+    if changed:
+        shown = ", ".join(
+            f"{k} ({before.get(k)!r} -> {now.get(k)!r})" if "(" not in k else k for k in changed[:8]
+        )
+        raise ConfigError(
+            "--resume",
+            f"run {paths.root} was made with another config: {shown}"
+            + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+            + f". Only {', '.join(RESUMABLE_FIELDS)} may change on resume; start a new run "
+            "(another train.name) instead",
+        )
+
+
+def _test_split(cfg: Config) -> str | None:
+    from pipelines.data import load_split
+
+    test = cfg.data.test_split
+    if test in (cfg.data.train_split, cfg.data.val_split) or not test:
+        return None
+    return test if not load_split(cfg, test).empty else None
+
+
 def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
-    """Stage 1 → feature cache → stage 2 → evaluation. ``resume`` skips finished stages
-    and continues an interrupted one from its last checkpoint; without it the run
-    directory must not exist yet."""
+    """Stage 1 → feature cache → stage 2 → evaluation on validation, where the operating
+    point (exit threshold) is chosen, → evaluation on test at that point. ``resume`` skips
+    finished stages and continues an interrupted one from its last checkpoint, after
+    checking the config did not change what the run is (:func:`check_resume`); without it
+    the run directory must not exist yet.
+
+    Returns the validation metrics (keys of :func:`pipelines.evaluate.evaluate`) with
+    ``operating_point`` and, if the manifest has a test split, ``test`` (the test metrics
+    at the chosen threshold)."""
+    from frameexit.evaluation import choose_threshold
+
     paths = RunPaths(cfg)
     if not resume and _non_empty(paths.root, paths.options):
         raise ConfigError(
             "train.name", f"run {paths.root} already exists; resume it or choose another name"
         )
+    if resume:
+        check_resume(cfg)
     ensure_ray(cfg)
     write_config(cfg)
+    record_uri = paths("run.json")
+    if not exists(record_uri, storage_options=paths.options):
+        record = {"manifest": cfg.data.manifest, "manifest_sha256": _manifest_sha256(cfg)}
+        write_text(record_uri, json.dumps(redact(record)), storage_options=paths.options)
     began = time.perf_counter()
     stage1 = paths.model("stage1")
     if not (resume and exists(stage1, storage_options=paths.options)):
         stage1 = run_stage1(cfg)
     else:
         log.info("stage 1: reusing %s", stage1)
-    splits = list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
+    test = _test_split(cfg)
+    splits = list(
+        dict.fromkeys([cfg.data.train_split, cfg.data.val_split, *([test] if test else [])])
+    )
     cache = build_feature_cache(cfg, stage1, splits, resume=resume)
     stage2 = paths.model("stage2")
     if not (resume and exists(stage2, storage_options=paths.options)):
         stage2 = run_stage2(cfg, stage1, cache)
     else:
         log.info("stage 2: reusing %s", stage2)
-    metrics = evaluate(cfg, stage2, cache)  # pipelines.evaluate
+    metrics = evaluate(cfg, stage2, cache)  # validation, at model.exit_threshold
+    sweep = pd.read_parquet(
+        join_uri(paths.eval, "threshold_sweep.parquet"), storage_options=paths.options or None
+    )
+    point = choose_threshold(
+        sweep, metrics["noexit_accuracy"], tolerance=cfg.train.operating_point_tolerance
+    )
+    metrics["operating_point"] = {
+        "beta": float(cfg.train.beta),
+        "chosen_on": cfg.data.val_split,
+        **point,
+    }
+    if test:
+        metrics["test"] = evaluate(
+            cfg, stage2, cache, split=test, threshold=point["threshold"], out=paths("eval", test)
+        )
+    _track_results(cfg, metrics)
     skipped = _finish_skipped(cfg)
     metrics["skipped_videos"] = int(len(skipped))
     metrics["pipeline_seconds"] = time.perf_counter() - began
     metrics["run"] = paths.root
+    write_text(
+        paths("eval", "summary.json"), json.dumps(metrics, indent=1, default=str),
+        storage_options=paths.options,
+    )  # fmt: skip
     return metrics
+
+
+def _track_results(cfg: Config, metrics: dict[str, Any]) -> None:
+    """The evaluation in the run's tracking (TensorBoard/MLflow), per split."""
+    if not cfg.train.tracking:
+        return
+    from pipelines.tracking import Tracker
+
+    paths = RunPaths(cfg)
+    tracker = Tracker(
+        paths.root, list(cfg.train.tracking), mlflow_uri=cfg.train.mlflow_uri,
+        run_name=cfg.train.name, options=paths.options,
+    )  # fmt: skip
+    try:
+        tracker.log(f"eval/{metrics['split']}", metrics, step=0)
+        tracker.log("eval/operating_point", metrics["operating_point"], step=0)
+        if "test" in metrics:
+            tracker.log(f"eval/{metrics['test']['split']}", metrics["test"], step=0)
+    except Exception as error:  # noqa: BLE001 - tracking never fails a run
+        log.warning("tracking the evaluation failed: %s", error)
+    finally:
+        tracker.close()
 
 
 # --- small helpers --------------------------------------------------------------------
@@ -354,6 +549,12 @@ def _finish_skipped(cfg: Config):
     if len(table):
         log.warning("%d videos skipped (failed to decode): %s", len(table), paths.skipped)
     return table
+
+
+def _file_sha256(uri: str, options: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(read_bytes(uri, storage_options=options)).hexdigest()
 
 
 def _options(cfg: Config, uri: str) -> dict[str, Any]:

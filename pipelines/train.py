@@ -33,9 +33,9 @@ import argparse
 import logging
 import sys
 
-from frameexit.config import Config, load_config
+from frameexit.config import Config, config_help, load_config
 from frameexit.storage import exists
-from pipelines.common import RunPaths, setup_logging
+from pipelines.common import RunPaths, run_command, setup_logging
 from pipelines.defaults import DEFAULT_CONFIG, ROOT, default_corpus
 from pipelines.report import format_metrics
 from pipelines.stages import run_pipeline
@@ -52,14 +52,23 @@ def fresh_name(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=config_help(["model", "data", "train"])
+        + "\nexit codes: 0 done, 2 bad arguments/config/manifest, 3 runtime failure "
+        "(rerun with --resume)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(ROOT)})"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run train.name")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Ray's own progress bars and worker logs too"
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(verbose_console=args.verbose)
     cfg = load_config(args.config or str(DEFAULT_CONFIG), args.overrides)
     if not cfg.data.manifest:
         cfg.data.manifest = default_corpus(cfg)
@@ -77,4 +86,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -105,3 +105,73 @@ def test_ingestion_streams_from_local_and_s3(
         results[name] = (count, sorted(targets), len(skipped))
         assert object_store_budget(cfg) >= 256 * 1024**2
     assert results["local"] == results["s3"] == (6, sorted(results["local"][1]), 2)
+
+
+def test_random_policy_is_per_video_per_epoch_and_reproducible(tiny_corpus, tmp_path) -> None:
+    """The random policy draws per video and per epoch from train.seed; augmentation too."""
+    manifest = str(tmp_path / "manifest.parquet")
+    table = tiny_corpus.table.copy()
+    table["split"] = "train"
+    table.to_parquet(manifest, index=False)
+    cfg = _config(manifest, augment=True)
+    cfg.model.policy = "random"
+    rows = load_split(cfg, "train")
+
+    def frames(epoch: int, seed: int = 0) -> np.ndarray:
+        cfg.train.seed = seed
+        return DecodeVideos(cfg, "train", train=True)(rows.assign(epoch=epoch))["frames"]
+
+    first, again = frames(0), frames(0)
+    np.testing.assert_array_equal(first, again)  # reproducible
+    assert not np.array_equal(first, frames(1))  # every epoch draws anew
+    assert not np.array_equal(first, frames(0, seed=1))  # train.seed decides
+    from frameexit.policy import random_policy, video_seed
+
+    # videos of the same length get different orders (the seed is per video)
+    orders = {
+        tuple(random_policy(100, T, seed=video_seed(0, f"{i}:v{i}.mp4", 0))) for i in range(8)
+    }
+    assert len(orders) > 1
+
+
+@pytest.mark.ray
+def test_epoch_permutation_mixes_a_class_sorted_manifest(ray_cluster, tiny_corpus, tmp_path):
+    """Row-level shuffling: batches of a class-sorted manifest hold several classes, the
+    order differs by epoch, is the same for the same (seed, epoch), and is the order a
+    shuffled manifest of the same videos gets."""
+    from pipelines.data import permute_rows, set_epoch, start_epoch_clock
+
+    table = tiny_corpus.table.copy()
+    table["split"] = "train"
+    table = table.sort_values("labels", key=lambda c: c.map(lambda v: v[0]), kind="stable")
+    manifest = str(tmp_path / "sorted.parquet")
+    table.to_parquet(manifest, index=False)
+    cfg = _config(manifest, augment=False)
+    rows = load_split(cfg, "train")
+    assert list(rows["label_ids"].map(lambda v: v[0])) == sorted(
+        rows["label_ids"].map(lambda v: v[0])
+    )
+    epoch0 = permute_rows(rows, seed=0, clock=None)
+    assert sorted(epoch0["row"]) == sorted(rows["row"]) and (epoch0["epoch"] == 0).all()
+    classes = epoch0["label_ids"].map(lambda v: v[0]).tolist()
+    runs = sum(a != b for a, b in zip(classes, classes[1:], strict=False))
+    assert runs >= len(classes) // 3  # the sorted order has 2 changes of class for 3 classes
+    shuffled = rows.sample(frac=1.0, random_state=3)
+    same = permute_rows(shuffled, seed=0, clock=None)
+    assert list(same["video"]) == list(epoch0["video"])  # manifest order does not matter
+
+    clock = "frameexit-epoch-test-permutation"
+    actor = start_epoch_clock(clock)
+    try:
+        set_epoch(clock, 1)
+        epoch1 = permute_rows(rows, seed=0, clock=clock)
+        assert (epoch1["epoch"] == 1).all()
+        assert list(epoch1["row"]) != list(epoch0["row"])
+        assert list(permute_rows(rows, seed=0, clock=clock)["row"]) == list(epoch1["row"])
+        ds = training_columns(video_dataset(cfg, "train", train=True, clock=clock))
+        seen = [int(t) for batch in ds.iter_torch_batches(batch_size=4) for t in batch["target"]]
+        assert sorted(seen) == sorted(rows["label_ids"].map(lambda v: v[0]))
+    finally:
+        import ray
+
+        ray.kill(actor)
