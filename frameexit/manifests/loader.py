@@ -121,6 +121,7 @@ def load_manifest(
     split: str | None = None,
     save_class_map: bool = True,
     strict: bool = False,
+    duplicates: str = "report",
     storage_options: dict[str, Any] | None = None,
 ) -> ManifestLoad:
     """Read any supported manifest into the canonical table.
@@ -138,6 +139,10 @@ def load_manifest(
             default: ``train``/``val``/``test`` from the file name, else ``unassigned``.
         save_class_map: write a newly built class map beside the manifest.
         strict: raise ``ManifestError`` on the first bad row instead of reporting it.
+        duplicates: ``report`` — a row repeating an earlier one's video, segment and
+            split is a bad row (training must not see a video twice); ``keep`` — kept as
+            its own row (labeling: every entry gets one output row). Different segments
+            of one video are never duplicates.
         storage_options: fsspec options (e.g. S3 endpoint and keys).
 
     Raises:
@@ -162,7 +167,11 @@ def load_manifest(
     )
 
     bad: list[dict[str, Any]] = []
-    rows = _drop_duplicates(READERS[fmt](source, bad), bad)
+    if duplicates not in ("report", "keep"):
+        raise ValueError(f"duplicates must be 'report' or 'keep', got {duplicates!r}")
+    rows = READERS[fmt](source, bad)
+    if duplicates == "report":
+        rows = _drop_duplicates(rows, bad)
     names, map_uri, built = resolve_class_map(uri, rows, class_names, storage_options)
     rows = assign_label_ids(rows, names, bad)
     if built and names and save_class_map:
@@ -185,20 +194,26 @@ def load_manifest(
 
 
 def _drop_duplicates(rows: list[Row], bad: list[dict[str, Any]]) -> list[Row]:
-    """Keep the first row of each (video, split); the others are bad rows."""
-    seen: dict[tuple[str, str], Row] = {}
+    """Keep the first row of each (video, segment, split); the others are bad rows."""
+    seen: dict[tuple[Any, ...], Row] = {}
     kept: list[Row] = []
     for row in rows:
-        key = (row.video, row.split)
+        key = (row.video, _bound(row.start), _bound(row.end), row.split)
         if key in seen:
             first = seen[key].line
             where = f" (first at line {first})" if first is not None else ""
-            reason = f"duplicate video in split {row.split!r}{where}"
+            segment = "" if key[1:3] == (None, None) else " segment"
+            reason = f"duplicate video{segment} in split {row.split!r}{where}"
             bad.append(bad_record(row.line, reason, row.raw))
             continue
         seen[key] = row
         kept.append(row)
     return kept
+
+
+def _bound(value: float | None) -> float | None:
+    """A segment bound as a dictionary key (None for a missing or NaN bound)."""
+    return None if value is None or value != value else float(value)
 
 
 def _bad_rows_frame(uri: str, bad: list[dict[str, Any]], strict: bool) -> pd.DataFrame:

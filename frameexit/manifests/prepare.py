@@ -1,0 +1,350 @@
+"""From the annotation files a dataset ships (and/or a video bucket) to one canonical
+manifest: ``frameexit prepare``.
+
+::
+
+    train.csv  val.csv  test.csv          (Kinetics-400/600/700, Mini-Kinetics: one per split)
+    activity_net.v1-3.min.json            (ActivityNet v1.3: every split in one file)
+    hvu_train.csv  hvu_val.csv            (HVU: one per split, tags)
+    s3://bucket/videos/<class>/<file>     (a prefix whose folder names are the classes)
+        │ pass 1: read every input, collect every label            (load_manifest each)
+        │ one class map over all inputs, sorted (a class absent from val keeps its id)
+        │ pass 2: label ids from that map; segments kept (segment level) or merged into
+        │         one multi-label row per video and split (video level)
+        │ duplicates across files reported; annotation rows whose video is not in the
+        │ video root(s) reported (one listing per root, not a request per video)
+        ▼
+    manifest.parquet + classes.json beside it + prepare_report.json (+ bad/missing rows)
+
+Splits: an input may name its split (``train=path``); otherwise a file's own ``split`` /
+``subset`` column, or its name (``..._val.csv``), decides. Training on segment rows
+decodes only the frames of ``[start, end)`` (``frameexit.sampling.segment_window``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from frameexit.errors import ManifestError
+from frameexit.manifests.classmap import CLASS_MAP_NAME, write_class_names
+from frameexit.manifests.loader import load_manifest
+from frameexit.manifests.parsing import normalize_split
+from frameexit.manifests.schema import write_manifest
+from frameexit.storage import (
+    absolute_uri,
+    is_local,
+    join_uri,
+    list_files,
+    parent_uri,
+    write_parquet,
+    write_text,
+)
+
+log = logging.getLogger("frameexit.manifests")
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".ts", ".mpg", ".mpeg")
+LEVELS = ("segment", "video")
+
+
+@dataclass
+class PrepareReport:
+    """What ``prepare`` did: counts per split, and the rows it could not use."""
+
+    manifest: str
+    classes: list[str]
+    rows_per_split: dict[str, int]
+    bad_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
+    missing_videos: pd.DataFrame = field(default_factory=pd.DataFrame)
+    duplicates: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-safe summary (what ``prepare_report.json`` holds)."""
+        return {
+            "manifest": self.manifest,
+            "classes": len(self.classes),
+            "rows_per_split": dict(self.rows_per_split),
+            "bad_rows": int(len(self.bad_rows)),
+            "missing_videos": int(len(self.missing_videos)),
+            "duplicates": int(self.duplicates),
+        }
+
+
+def parse_input(text: str) -> tuple[str, str | None]:
+    """``split=uri`` → ``(uri, split)``; a plain URI → ``(uri, None)``."""
+    head, sep, rest = text.partition("=")
+    if sep and "/" not in head and ":" not in head and head:
+        return rest, normalize_split(head)
+    return text, None
+
+
+def folder_corpus(prefix: str, *, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """A corpus laid out as ``prefix/[split/]class/video``: one row per video file, its
+    class from its folder, its split from a ``train``/``val``/``test`` folder above it."""
+    root = absolute_uri(prefix)
+    files = list_files(root, suffixes=VIDEO_SUFFIXES, storage_options=storage_options)
+    rows = []
+    for uri in files:
+        parts = absolute_uri(uri)[len(root) :].strip("/").split("/")
+        if len(parts) < 2:
+            continue  # a video directly under the prefix has no class folder
+        split = "unassigned"
+        if len(parts) >= 3 and normalize_split(parts[0]) in ("train", "val", "test"):
+            split = normalize_split(parts[0])
+        rows.append({"video": uri, "labels": [parts[-2]], "split": split})
+    if not rows:
+        raise ManifestError(prefix, "no video files in class folders under this prefix")
+    return pd.DataFrame(rows)
+
+
+def prepare_manifest(
+    inputs: Sequence[str],
+    output: str,
+    *,
+    fmt: str | None = None,
+    video_root: str | None = None,
+    uri_pattern: str | None = None,
+    level: str = "video",
+    check_videos: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> PrepareReport:
+    """Merge annotation files (and/or folder corpora: inputs that are directories) into
+    one canonical manifest at ``output`` with ``classes.json`` beside it.
+
+    ``level``: ``video`` (the paper's task: classify whole videos) merges a video's rows
+    of one split into one row with the union of their labels; ``segment`` keeps every
+    ``[start, end)`` segment as its own row with its own label (ActivityNet's annotated
+    segments become rows), for segment-level tasks.
+    ``check_videos`` lists each video root once and reports annotation rows whose video
+    is not there (they are left out of the manifest).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    options = dict(storage_options or {})
+    sources = [parse_input(text) for text in inputs]
+    frames, bads = [], []
+    # pass 1: every label of every input, for one class map
+    loaded = []
+    for uri, split in sources:
+        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, class_names=None)
+        loaded.append((uri, split))
+        frames.append(frame)
+        bads.append(bad)
+    names = sorted({label for frame in frames for labels in frame["labels"] for label in labels})
+    # pass 2: label ids from the shared map
+    frames, bads = [], []
+    for uri, split in loaded:
+        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, class_names=names)
+        frames.append(frame.assign(source=uri))
+        bads.append(bad.assign(source=uri))
+    table = pd.concat(frames, ignore_index=True)
+    bad_rows = pd.concat(bads, ignore_index=True) if bads else pd.DataFrame()
+    if level == "segment":
+        table = _explode_segments(table, names)
+    table, duplicates = _drop_duplicates(table)
+    if level == "video":
+        table = _merge_segments(table, names)
+    missing = pd.DataFrame(columns=["video", "split", "source"])
+    if check_videos:
+        present = _listed_videos(table, video_root, options)
+        known = table["video"].map(absolute_uri).isin(present)
+        missing = table.loc[~known, ["video", "split", "source"]].reset_index(drop=True)
+        table = table[known].reset_index(drop=True)
+    if table.empty:
+        raise ManifestError(output, "no usable row: every annotation was bad or has no video")
+    out = absolute_uri(output)
+    write_manifest(table.drop(columns=["source"]), out, storage_options=options or None)
+    write_class_names(names, join_uri(parent_uri(out), CLASS_MAP_NAME), storage_options=options)
+    report = PrepareReport(
+        manifest=out,
+        classes=names,
+        rows_per_split={
+            str(k): int(v) for k, v in table["split"].value_counts().sort_index().items()
+        },
+        bad_rows=bad_rows,
+        missing_videos=missing,
+        duplicates=duplicates,
+    )
+    folder = parent_uri(out)
+    write_text(join_uri(folder, "prepare_report.json"), json.dumps(report.summary(), indent=1),
+               storage_options=options)  # fmt: skip
+    if len(bad_rows):
+        write_parquet(join_uri(folder, "prepare_bad_rows.parquet"), bad_rows.astype(str),
+                      storage_options=options)  # fmt: skip
+    if len(missing):
+        write_parquet(join_uri(folder, "prepare_missing_videos.parquet"), missing.astype(str),
+                      storage_options=options)  # fmt: skip
+    return report
+
+
+def _read(
+    uri: str,
+    split: str | None,
+    fmt: str | None,
+    video_root: str | None,
+    uri_pattern: str | None,
+    options: dict[str, Any],
+    *,
+    class_names: list[str] | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One input as canonical rows (a folder corpus or an annotation file) and its bad
+    rows; ``class_names`` None: labels as found (pass 1)."""
+    from frameexit.storage import url_to_fs
+
+    fs, path = url_to_fs(uri, options)
+    if fs.isdir(path):
+        frame = folder_corpus(uri, storage_options=options)
+        if split:
+            frame["split"] = split
+        if class_names is not None:
+            index = {name: i for i, name in enumerate(class_names)}
+            frame["label_ids"] = frame["labels"].map(lambda ls: [index[label] for label in ls])
+        return frame, pd.DataFrame(columns=["line", "reason", "raw"])
+    loaded = load_manifest(
+        uri,
+        fmt=fmt,
+        video_root=video_root,
+        uri_pattern=uri_pattern,
+        split=split,
+        class_names=class_names if class_names is not None else None,
+        save_class_map=False,
+        duplicates="keep",
+        storage_options=options or None,
+    )
+    frame = loaded.table
+    if split:
+        frame["split"] = split
+    return frame, loaded.bad_rows
+
+
+def _key(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Rows repeating an earlier (video, segment, split) are dropped and counted (a video
+    in two files of the same split, or listed twice)."""
+    keys = list(
+        zip(
+            table["video"],
+            table["start"].map(_key) if "start" in table else [None] * len(table),
+            table["end"].map(_key) if "end" in table else [None] * len(table),
+            table["split"],
+            strict=True,
+        )
+    )
+    seen: set[Any] = set()
+    keep = []
+    for key in keys:
+        keep.append(key not in seen)
+        seen.add(key)
+    mask = pd.Series(keep, index=table.index)
+    dropped = int((~mask).sum())
+    if dropped:
+        log.warning("%d duplicate rows (same video, segment and split) left out", dropped)
+    return table[mask].reset_index(drop=True), dropped
+
+
+def _explode_segments(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Rows that list annotated ``segments`` (ActivityNet) become one row per segment."""
+    if "segments" not in table:
+        return table
+    index = {name: i for i, name in enumerate(names)}
+    rows = []
+    for row in table.to_dict("records"):
+        segments = row.get("segments")
+        if not isinstance(segments, list) or not segments:
+            rows.append(row)
+            continue
+        for segment in segments:
+            rows.append(
+                {**row, "labels": [segment["label"]], "label_ids": [index[segment["label"]]],
+                 "start": float(segment["start"]), "end": float(segment["end"]),
+                 "duration": float(segment["end"]) - float(segment["start"]), "segments": [segment]}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _merge_segments(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """One row per (video, split): the union of its rows' labels, the whole file."""
+    index = {name: i for i, name in enumerate(names)}
+    merged = []
+    for (video, split), group in table.groupby(["video", "split"], sort=False):
+        labels = sorted({label for ls in group["labels"] for label in ls}, key=index.__getitem__)
+        row = group.iloc[0].to_dict()
+        row.update(labels=labels, label_ids=[index[label] for label in labels], video=video,
+                   split=split, start=float("nan"), end=float("nan"))  # fmt: skip
+        if "duration" in row:
+            row["duration"] = float("nan")
+        merged.append(row)
+    return pd.DataFrame(merged)
+
+
+def _listed_videos(
+    table: pd.DataFrame, video_root: str | None, options: dict[str, Any]
+) -> set[str]:
+    """Every video file under the roots the manifest's videos live in (one listing each)."""
+    roots = {absolute_uri(video_root)} if video_root else set()
+    if not roots:
+        roots = {parent_uri(absolute_uri(v)) for v in table["video"]}
+    present: set[str] = set()
+    for root in sorted(roots):
+        try:
+            files = list_files(root, recursive=bool(video_root), storage_options=options)
+        except FileNotFoundError:
+            continue
+        present.update(absolute_uri(f) for f in files)
+    if not is_local(next(iter(roots), "")) and not present:
+        log.warning("no video listed under %s: check the video root and credentials", roots)
+    return present
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``frameexit prepare train=train.csv val=val.csv --output manifest.parquet ...``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="frameexit prepare",
+        description="Annotation files (ActivityNet JSON, Kinetics/Mini-Kinetics CSVs, HVU "
+        "CSVs, plain CSV/Parquet) and/or a prefix whose folders are classes -> one "
+        "canonical Parquet manifest with classes.json beside it.",
+        epilog="Each input is URI or split=URI (train=k400_train.csv). Rows whose video is "
+        "not under the video root are reported in prepare_missing_videos.parquet, bad rows "
+        "in prepare_bad_rows.parquet, both beside the manifest. Exit codes: 0 done, "
+        "2 bad arguments or an unreadable manifest, 3 runtime failure.",
+    )
+    parser.add_argument("inputs", nargs="+", help="annotation files or folder prefixes")
+    parser.add_argument("--output", required=True, help="manifest URI (.parquet)")
+    parser.add_argument("--format", dest="fmt", help="activitynet|kinetics|hvu|csv|parquet")
+    parser.add_argument("--video-root", help="folder the videos live in (default: beside)")
+    parser.add_argument(
+        "--uri-pattern",
+        help="how an id becomes a URI, e.g. {root}/{youtube_id}_{time_start:06d}_"
+        "{time_end:06d}.mp4 (Kinetics' default)",
+    )
+    parser.add_argument(
+        "--level", choices=LEVELS, default="video", help="rows per video or segment"
+    )
+    parser.add_argument("--no-check-videos", action="store_true", help="do not list the root")
+    parser.add_argument("--storage-options", default="{}", help="fsspec options as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    report = prepare_manifest(
+        args.inputs,
+        args.output,
+        fmt=args.fmt,
+        video_root=args.video_root,
+        uri_pattern=args.uri_pattern,
+        level=args.level,
+        check_videos=not args.no_check_videos,
+        storage_options=json.loads(args.storage_options),
+    )
+    summary = report.summary()
+    print(json.dumps(summary, indent=1), flush=True)
+    return summary

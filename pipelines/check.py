@@ -1,0 +1,299 @@
+"""``frameexit check``: open every video of a manifest, cluster-wide, before training.
+
+    python pipelines/check.py --manifest s3://B/k400/manifest.parquet --output s3://B/k400/checked
+    frameexit check --manifest ... --output ...          (the same)
+
+::
+
+    manifest ─► input rows (stable ids, as labeling) ─► lease ─► committed ids
+      ▼ Ray Data tasks (data.decode_concurrency at a time, any node)
+    per video: open (header) ─► num_frames (present), fps, duration, width, height,
+               codec, container ─► decode one frame (the middle one) ─► status, reason
+      ▼ driver: parts, atomic (the labeling part protocol), compaction
+    {output}/checked.parquet    the manifest with the check's columns, one row per input
+    {output}/manifest.parquet   the usable rows only (status ok), num_frames from the
+                                check: what training reads (data.manifest)
+    {output}/classes.json       the class map, unchanged
+    {output}/summary.parquet    rows per status
+
+Resumable like labeling (a rerun checks only what has no committed row, and retries
+retryable errors); one row per input; missing/corrupt/truncated/non-video rows carry
+their reason. Training on the clean manifest never meets a video the check found
+unusable, and uses the frame counts the check measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python pipelines/check.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from frameexit.config import Config, config_help, load_config  # noqa: E402
+from frameexit.errors import VideoDecodeError  # noqa: E402
+from frameexit.storage import (  # noqa: E402
+    absolute_uri,
+    exists,
+    join_uri,
+    options_for,
+    scrub,
+    write_parquet,
+    write_text,
+)
+from pipelines.common import ensure_ray, run_command, setup_logging, shared, unshared  # noqa: E402
+
+log = logging.getLogger("frameexit.pipelines.check")
+
+CHECK_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.int64()),
+        pa.field("input_id", pa.string()),
+        pa.field("video", pa.string()),
+        pa.field("status", pa.string()),  # ok | a VideoDecodeError kind | bad_manifest_row
+        pa.field("retryable", pa.bool_()),
+        pa.field("reason", pa.string()),
+        pa.field("warning", pa.string()),
+        pa.field("num_frames", pa.int32()),  # frames present (a lying header is corrected)
+        pa.field("declared_frames", pa.int32()),
+        pa.field("fps", pa.float64()),
+        pa.field("duration", pa.float64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("codec", pa.string()),
+        pa.field("container", pa.string()),
+        pa.field("attempts", pa.int32()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+CHECK_COLUMNS = [f.name for f in CHECK_SCHEMA if f.name not in ("row", "input_id", "video")]
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    from pipelines.labeling.schema import RETRYABLE_STATUSES
+
+    out = {name: None for name in CHECK_SCHEMA.names}
+    out.update(values)
+    out["retryable"] = out["status"] in RETRYABLE_STATUSES
+    return out
+
+
+def check_batch(batch: pd.DataFrame, *, cfg: Any, run_id: str) -> pa.Table:
+    """Ray Data task body: one check row per input row (header, one decoded frame)."""
+    from frameexit.inference import as_decode_error, reader_opener
+
+    cfg = unshared(cfg)
+    opener = reader_opener(cfg)
+    rows = []
+    for r in batch.itertuples(index=False):
+        base = dict(row=int(r.row), input_id=str(r.input_id), video=str(r.video),
+                    attempts=int(r.attempts), run_id=run_id)  # fmt: skip
+        try:
+            with opener(str(r.video)) as reader:
+                info = reader.info
+                present = int(info["decodable_frames"])
+                if present < 1:
+                    raise VideoDecodeError(str(r.video), "empty", "no frame in the file")
+                reader.get([present // 2])  # one frame decodes
+            declared = max(int(info["num_frames"]), int(info["declared_frames"] or 0))
+            warning = (
+                f"the header declares {declared} frames, {present} are present"
+                if declared > present
+                else None
+            )
+            rows.append(_row(**base, status="ok", warning=warning, num_frames=present,
+                             declared_frames=declared, fps=info["fps"],
+                             duration=info["duration"], width=info["width"],
+                             height=info["height"], codec=info["codec"],
+                             container=info["container"]))  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - every failure is this video's row
+            typed = as_decode_error(str(r.video), error)
+            reason = scrub(typed.reason, cfg.data.storage_options)
+            rows.append(_row(**base, status=typed.kind, reason=reason))
+    return pa.Table.from_pylist(rows, schema=CHECK_SCHEMA)
+
+
+def run_check(
+    manifest: str,
+    output: str,
+    *,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Check every video of ``manifest`` into ``output`` (resumable); returns the summary."""
+    import ray
+
+    from pipelines.labeling.inputs import read_inputs
+    from pipelines.labeling.lease import Lease
+    from pipelines.labeling.parts import PartWriter, compact, read_committed, read_winners
+    from pipelines.labeling.run import plan
+
+    began = time.perf_counter()
+    cfg = load_config(config_file, overrides)
+    manifest, output = absolute_uri(manifest), absolute_uri(output)
+    options = options_for(output, cfg.data.storage_options)
+    parts = join_uri(output, "parts")
+    inputs = read_inputs(manifest, storage_options=options_for(manifest, cfg.data.storage_options))
+    run_id = uuid.uuid4().hex[:12]
+    with Lease(output, options, seconds=cfg.label.lease_seconds):
+        committed = read_committed(parts, options, CHECK_SCHEMA)
+        todo, bad_todo, retried = plan(inputs, committed, retry=cfg.label.retry)
+        writer = PartWriter(parts, options, cfg.label.part_size, CHECK_SCHEMA)
+        writer.add(_bad_rows(bad_todo, run_id))
+        if todo.num_rows:
+            ensure_ray(cfg, object_store_mb=512, cpus_needed=cfg.data.decode_concurrency)
+            per = max(8, math.ceil(todo.num_rows / (8 * cfg.data.decode_concurrency)))
+            ds = ray.data.from_arrow([todo.slice(i, per) for i in range(0, todo.num_rows, per)])
+            ds = ds.map_batches(
+                check_batch,
+                fn_kwargs={"cfg": shared(cfg), "run_id": run_id},
+                batch_size=per,
+                batch_format="pandas",
+                num_cpus=1,
+                compute=ray.data.TaskPoolStrategy(size=cfg.data.decode_concurrency),
+                max_retries=3,
+            )
+            from tqdm import tqdm
+
+            with tqdm(total=todo.num_rows, unit="video", desc="check", disable=not progress) as bar:
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    writer.add(batch)
+                    bar.update(batch.num_rows)
+        writer.flush()
+        compact(parts, options, inputs.ids, CHECK_SCHEMA)
+        checked = read_winners(parts, storage_options=options, schema=CHECK_SCHEMA)
+        summary = _write_outputs(manifest, output, inputs, checked, options, cfg, retried)
+    summary.update(
+        checked_this_run=int(todo.num_rows + bad_todo.num_rows),
+        seconds=time.perf_counter() - began,
+        videos_per_second=todo.num_rows / max(time.perf_counter() - began, 1e-9),
+    )
+    write_text(join_uri(output, "_summary.json"), json.dumps(summary, indent=1),
+               storage_options=options)  # fmt: skip
+    return summary
+
+
+def _bad_rows(bad: pa.Table, run_id: str) -> pa.Table:
+    """Unparsable manifest rows (labeling's rows) as check rows."""
+    rows = [
+        _row(
+            row=r["row"],
+            input_id=r["input_id"],
+            video=None,
+            status=r["status"],
+            reason=r["error"],
+            attempts=1,
+            run_id=run_id,
+        )  # fmt: skip
+        for r in bad.to_pylist()
+    ]
+    return pa.Table.from_pylist(rows, schema=CHECK_SCHEMA)
+
+
+def _write_outputs(
+    manifest: str,
+    output: str,
+    inputs: Any,
+    checked: pa.Table,
+    options: Mapping[str, Any],
+    cfg: Config,
+    retried: int,
+) -> dict[str, Any]:
+    """checked.parquet (every input), manifest.parquet (usable rows), summary.parquet."""
+    from frameexit.manifests import (
+        class_map_uri_for,
+        load_manifest,
+        read_class_names,
+        write_class_names,
+        write_manifest,
+    )
+
+    loaded = load_manifest(
+        manifest,
+        storage_options=options_for(manifest, cfg.data.storage_options) or None,
+        save_class_map=False,
+        duplicates="keep",
+    )
+    source = loaded.table.reset_index(drop=True)
+    results = checked.to_pandas().set_index("row")
+    table = source.drop(columns=[c for c in CHECK_COLUMNS if c in source.columns])
+    table = table.join(results[CHECK_COLUMNS], how="left")
+    table["input_id"] = inputs.videos.column("input_id").to_pylist()
+    bad = results[results["status"] == "bad_manifest_row"].reset_index()
+    everything = pd.concat([table, bad], ignore_index=True) if len(bad) else table
+    write_parquet(join_uri(output, "checked.parquet"), everything, storage_options=options)
+    usable = table[table["status"] == "ok"].drop(columns=["input_id", *CHECK_COLUMNS])
+    usable["num_frames"] = table.loc[usable.index, "num_frames"].astype("int64")
+    usable["duration"] = table.loc[usable.index, "duration"]
+    clean = join_uri(output, "manifest.parquet")
+    write_manifest(usable.reset_index(drop=True), clean, storage_options=options)
+    # The clean manifest keeps the whole corpus's class map (the stored one, else the one
+    # the load built from every row): rebuilt from the usable rows alone, a class whose
+    # videos all failed would vanish and shift every later label id.
+    manifest_options = options_for(manifest, cfg.data.storage_options)
+    if exists(class_map_uri_for(manifest), storage_options=manifest_options):
+        names = read_class_names(class_map_uri_for(manifest), storage_options=manifest_options)
+    else:
+        names = list(loaded.class_names)
+    write_class_names(names, class_map_uri_for(clean), storage_options=options)
+    counts = everything["status"].value_counts().sort_index()
+    by_status = pd.DataFrame({"status": counts.index, "count": counts.to_numpy()})
+    write_parquet(join_uri(output, "summary.parquet"), by_status, storage_options=options)
+    return {
+        "manifest": manifest,
+        "output": output,
+        "inputs": len(inputs),
+        "rows": int(len(everything)),
+        "usable": int(len(usable)),
+        "by_status": {str(k): int(v) for k, v in counts.items()},
+        "retried": int(retried),
+        "complete": int(len(everything)) == len(inputs),
+        "clean_manifest": clean,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=config_help(["data"], fields=None)
+        + "\n  label.lease_seconds, label.part_size, label.retry (resume)"
+        + "\nexit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/manifest, "
+        "3 runtime failure",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--manifest", required=True, help="manifest URI (any format)")
+    parser.add_argument("--output", required=True, help="output folder URI")
+    parser.add_argument("--config", help="YAML config (data.*: storage options, decoding)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="Ray's own logs too")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    args = parser.parse_args(argv)
+    setup_logging(verbose_console=args.verbose)
+    summary = run_check(
+        args.manifest,
+        args.output,
+        config_file=args.config,
+        overrides=args.overrides,
+        progress=not args.no_progress,
+    )
+    lines = [f"checked {summary['inputs']} inputs: {summary['usable']} usable"]
+    lines += [f"  {status}: {count}" for status, count in summary["by_status"].items()]
+    lines.append(f"clean manifest: {summary['clean_manifest']}")
+    print("\n".join(lines), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main, sys.argv[1:]))

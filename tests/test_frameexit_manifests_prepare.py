@@ -1,0 +1,142 @@
+"""frameexit.manifests.prepare: published annotation layouts → one manifest training reads.
+
+Each format comes from a fixture in its published layout (tests/data/manifests); the
+videos it names are written as real clips (some left out on purpose), so the prepared
+manifest is decoded by the training ingestion unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from frameexit.config import config_from_dict
+from frameexit.manifests import load_manifest, read_class_names
+from frameexit.manifests.prepare import folder_corpus, parse_input, prepare_manifest
+from frameexit.testing.clips import write_clip
+
+DATA = Path(__file__).parent / "data" / "manifests"
+
+
+def _clips(paths) -> None:
+    for path in paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(str(path), num_frames=24, width=48, height=32)
+
+
+def _decodes(manifest: str, split: str) -> int:
+    """The training ingestion reads the prepared manifest as it is: decoded videos."""
+    from pipelines.data import DecodeVideos, load_split
+
+    names = read_class_names(str(Path(manifest).parent / "classes.json"))
+    cfg = config_from_dict(
+        {
+            "model": {
+                "backbone": "tiny",
+                "num_classes": len(names),
+                "num_steps": 3,
+                "image_size": 32,
+                "feature_dim": 16,
+            },  # fmt: skip
+            "data": {"manifest": manifest},
+        }
+    )
+    rows = load_split(cfg, split)
+    return len(DecodeVideos(cfg, split, train=False)(rows)["frames"])
+
+
+def test_kinetics_csvs_one_per_split_share_one_class_map(tmp_path):
+    videos = tmp_path / "videos"
+    inputs = [f"{split}={DATA / f'kinetics400_{split}.csv'}" for split in ("train", "val", "test")]
+    tables = {s: load_manifest(str(DATA / f"kinetics400_{s}.csv"), save_class_map=False,
+                               video_root=str(videos)).table for s in ("train", "val", "test")}  # fmt: skip
+    every = pd.concat(tables.values(), ignore_index=True)
+    missing = every["video"].iloc[-1]  # one annotated video "vanished" from the bucket
+    _clips(v for v in every["video"] if v != missing)
+    out = str(tmp_path / "prepared" / "manifest.parquet")
+    report = prepare_manifest(inputs, out, video_root=str(videos))
+    manifest = pd.read_parquet(out)
+    assert report.summary()["missing_videos"] == 1 and missing not in set(manifest["video"])
+    assert sorted(report.rows_per_split) == ["test", "train", "val"]
+    names = read_class_names(str(tmp_path / "prepared" / "classes.json"))
+    assert names == sorted(names) and set(names) >= {
+        lab for ls in tables["val"]["labels"] for lab in ls
+    }
+    # the same class keeps its id in every split, a class absent from val included
+    for row in manifest.itertuples():
+        assert [names[i] for i in row.label_ids] == list(row.labels)
+    val_classes = {lab for ls in manifest[manifest["split"] == "val"]["labels"] for lab in ls}
+    assert set(names) - val_classes, "the fixture should have a class absent from val"
+    assert _decodes(out, "train") == report.rows_per_split["train"]
+    written = json.loads((tmp_path / "prepared" / "prepare_report.json").read_text())
+    assert written["missing_videos"] == 1
+
+
+def test_activitynet_json_video_level_and_segment_level(tmp_path):
+    source = load_manifest(str(DATA / "activitynet_v1-3.json"), save_class_map=False,
+                           video_root=str(tmp_path / "v"))  # fmt: skip
+    _clips(source.table["video"])
+    video_level = str(tmp_path / "video" / "manifest.parquet")
+    report = prepare_manifest([str(DATA / "activitynet_v1-3.json")], video_level,
+                              video_root=str(tmp_path / "v"))  # fmt: skip
+    videos = pd.read_parquet(video_level)
+    assert len(videos) == len(source.table) and videos["video"].is_unique
+    assert set(report.rows_per_split) <= {"train", "val", "test"}
+    segment_level = str(tmp_path / "segment" / "manifest.parquet")
+    prepare_manifest([str(DATA / "activitynet_v1-3.json")], segment_level,
+                     video_root=str(tmp_path / "v"), level="segment")  # fmt: skip
+    segments = pd.read_parquet(segment_level)
+    annotated = sum(len(s) for s in source.table["segments"])
+    assert len(segments[segments["start"].notna()]) == annotated
+    several = segments.groupby("video").size().max()
+    assert several >= 2, "the fixture has a video with several segments: several rows"
+    assert (segments.dropna(subset=["start"])["labels"].map(len) == 1).all()
+    assert _decodes(segment_level, "train") == (segments["split"] == "train").sum()
+
+
+def test_hvu_tags_and_a_duplicate_row(tmp_path):
+    hvu = tmp_path / "hvu_train.csv"
+    shutil.copy(DATA / "HVU_Train_V1.0.csv", hvu)
+    table = load_manifest(str(hvu), save_class_map=False, video_root=str(tmp_path / "v"),
+                          duplicates="keep").table  # fmt: skip
+    _clips(set(table["video"]))
+    once = prepare_manifest([str(hvu)], str(tmp_path / "a" / "m.parquet"),
+                            video_root=str(tmp_path / "v"))  # fmt: skip
+    lines = hvu.read_text().splitlines()
+    hvu.write_text("\n".join([*lines, lines[1]]) + "\n")  # the first row once more
+    twice = prepare_manifest([str(hvu)], str(tmp_path / "b" / "m.parquet"),
+                             video_root=str(tmp_path / "v"))  # fmt: skip
+    assert twice.duplicates == once.duplicates + 1  # reported, not silently dropped
+    manifest = pd.read_parquet(tmp_path / "b" / "m.parquet")
+    assert len(manifest) == sum(once.rows_per_split.values())
+    assert (manifest["labels"].map(len) > 1).any()  # multi-label tags
+    assert set(manifest["split"]) == {"train"}  # from the file name
+
+
+@pytest.mark.s3
+def test_a_bucket_prefix_whose_folders_are_classes(moto_s3, s3_bucket, tmp_path):
+    local = tmp_path / "corpus"
+    _clips([local / "train" / "dog" / "a.mp4", local / "train" / "cat" / "b.mp4",
+            local / "val" / "dog" / "c.mp4"])  # fmt: skip
+    from frameexit.storage import upload_dir
+
+    upload_dir(str(local), f"{s3_bucket}/corpus", storage_options=moto_s3.storage_options)
+    found = folder_corpus(f"{s3_bucket}/corpus", storage_options=moto_s3.storage_options)
+    assert sorted(zip(found["split"], found["labels"].map(tuple), strict=True)) == [
+        ("train", ("cat",)), ("train", ("dog",)), ("val", ("dog",))
+    ]  # fmt: skip
+    out = f"{s3_bucket}/prepared/manifest.parquet"
+    report = prepare_manifest([f"{s3_bucket}/corpus"], out, storage_options=moto_s3.storage_options)
+    assert report.classes == ["cat", "dog"] and report.rows_per_split == {"train": 2, "val": 1}
+    fs = moto_s3.filesystem()
+    assert fs.exists(f"{s3_bucket[5:]}/prepared/classes.json")
+
+
+def test_inputs_name_their_split():
+    assert parse_input("val=s3://b/x.csv") == ("s3://b/x.csv", "val")
+    assert parse_input("s3://b/x.csv") == ("s3://b/x.csv", None)
+    assert parse_input("/data/train=1.csv") == ("/data/train=1.csv", None)
