@@ -1,7 +1,10 @@
-"""The synthetic corpus: plans, drawing, H.264 files, manifest, determinism, any URI."""
+"""The synthetic corpus: plans, drawing, H.264 files, manifest, determinism, any URI, and
+the complementary classes (cues in separate frames)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +21,10 @@ from frameexit.manifests import load_manifest, read_class_names, read_manifest_p
 from frameexit.synthetic import (
     COLOURS,
     DIFFICULTIES,
+    ComplementaryClass,
     class_signatures,
+    complementary_family,
+    corpus_classes,
     encode_mp4,
     evidence_mask,
     frame_labels,
@@ -85,8 +91,8 @@ def check_plan(plan, num_classes: int, multi_label: bool) -> None:
     assert {s.label_id for s in evidence} == set(plan.label_ids)
     assert all(s.length >= 2 for s in evidence)
     lo, hi, _, max_segments = DIFFICULTIES[plan.difficulty]
-    for label in plan.label_ids:
-        assert 1 <= sum(s.label_id == label for s in evidence) <= max_segments
+    for owner in {(s.label_id, s.cue) for s in evidence}:  # per label, or per cue of one
+        assert 1 <= sum((s.label_id, s.cue) == owner for s in evidence) <= max_segments
     if not multi_label:
         shortest = min(s.length for s in evidence)
         for seg in plan.distractors:
@@ -383,3 +389,122 @@ def test_colours_are_saturated_and_far_apart() -> None:
     assert (rgb.max(axis=1) - rgb.min(axis=1) >= 150).all()
     distances = np.abs(rgb[:, None] - rgb[None]).max(axis=-1)
     assert distances[~np.eye(len(rgb), dtype=bool)].min() >= 75
+
+
+# --------------------------------------------------------------------------- unchanged defaults
+
+# sha256 of the plans and of some drawn videos for fixed arguments, computed with the
+# generator before complementary classes existed: the default corpus must not move.
+DEFAULT_DIGEST = "d57c0036c4287ce1249aa111c408d3e7f778cf2dab8edf1f6fe495a96948c54c"
+
+
+def test_default_plans_and_frames_are_unchanged() -> None:
+    digest = hashlib.sha256()
+    for kwargs in (
+        {"num_videos": 30, "num_classes": 5, "seed": 3},
+        {"num_videos": 12, "num_classes": 6, "seed": 2, "multi_label": True, "max_labels": 3,
+         "min_frames": 30},
+    ):  # fmt: skip
+        plans = plan_corpus(**kwargs, max_frames=60)
+        for p in plans:
+            assert all(seg.cue == "" for seg in p.segments)
+            segments = [(seg.label_id, seg.start, seg.end, seg.kind) for seg in p.segments]
+            digest.update(repr(segments).encode())
+            fields = (p.video_id, p.split, p.difficulty, p.label_ids, p.num_frames,
+                      p.keyframe_interval, p.seed)  # fmt: skip
+            digest.update(repr(fields).encode())
+        for p in plans[:3]:
+            digest.update(render_video(p, kwargs["num_classes"]).tobytes())
+    assert digest.hexdigest() == DEFAULT_DIGEST
+
+
+# --------------------------------------------------------------------------- complementary
+
+
+def test_complementary_family_shares_every_cue() -> None:
+    classes = corpus_classes(10, 6)
+    assert classes[:4] == class_signatures(10)[:4]  # single-cue classes first, as before
+    family = classes[4:]
+    assert all(isinstance(c, ComplementaryClass) for c in family)
+    names = [c.name for c in classes]
+    assert sorted(names) == names and len(set(names)) == 10
+    assert [c.cues for c in family] == [
+        ("shape:circle",), ("shape:circle", "colour:red"), ("shape:circle", "colour:green"),
+        ("shape:cross",), ("shape:cross", "colour:red"), ("shape:cross", "colour:green"),
+    ]  # fmt: skip
+    uses = Counter(cue for c in family for cue in c.cues)
+    assert min(uses.values()) >= 2  # no single cue names a class
+    assert len({c.cues for c in family}) == len(family)  # the cues together always do
+    assert corpus_classes(10) == class_signatures(10)
+    assert len(complementary_family(20, 16)) == 16
+    for count in (1, 2, 5, 18):
+        with pytest.raises(ValueError, match="complementary_classes"):
+            complementary_family(20, count)
+    with pytest.raises(ValueError, match="complementary_classes"):
+        complementary_family(4, 6)  # more than num_classes
+
+
+def test_plan_complementary_evidence_is_one_set_per_cue() -> None:
+    plans = plan_corpus(num_videos=80, num_classes=10, complementary_classes=6, seed=1)
+    classes = corpus_classes(10, 6)
+    labels = Counter(p.label_ids[0] for p in plans)
+    assert set(labels) == set(range(10))
+    for p in plans:
+        check_plan(p, 10, multi_label=False)
+        (label,) = p.label_ids
+        expected = getattr(classes[label], "cues", ("",))
+        drawn = {seg.cue for seg in p.evidence}
+        assert drawn == set(expected), (p.video_id, drawn, expected)
+        lo, hi, _, _ = DIFFICULTIES[p.difficulty]  # the fraction is shared among the cues
+        assert lo - 0.03 <= p.evidence_fraction <= hi + 0.03, (p.difficulty, p.evidence_fraction)
+        for seg in p.distractors:  # distractors only ever show single-cue classes
+            assert seg.label_id < 4 and seg.cue == ""
+
+
+def test_render_complementary_cues() -> None:
+    plans = plan_corpus(num_videos=40, num_classes=10, complementary_classes=6, seed=2)
+    pairs = [p for p in plans if len({s.cue for s in p.evidence}) == 2][:4]
+    assert pairs
+    for plan in pairs:
+        frames = render_video(plan, 10).astype(np.int32)
+        white = ((frames > 220).all(-1)).sum(axis=(1, 2))
+        black = ((frames < 45).all(-1)).sum(axis=(1, 2))
+        for seg in plan.evidence:
+            kind, _, value = seg.cue.partition(":")
+            window = slice(seg.start, seg.end)
+            if kind == "shape":  # the black-and-white checker: both levels, many pixels
+                assert white[window].min() > 40 and black[window].min() > 40, seg
+            else:
+                assert colour_pixels(frames[window], COLOURS[value]).min() > 80, seg
+
+
+def test_complementary_corpus_on_disk(tmp_path) -> None:
+    args = {"num_videos": 6, "num_classes": 6, "seed": 4, **SMALL}
+    uri = generate_corpus(str(tmp_path / "c"), complementary_classes=4, **args)
+    table = read_manifest_parquet(uri)
+    assert read_class_names(str(tmp_path / "c" / "classes.json")) == [
+        c.name for c in corpus_classes(6, 4)
+    ]
+    for _, row in table.iterrows():
+        cues = {seg["cue"] for seg in row["evidence_segments"]}
+        assert cues == ({""} if row["label_ids"][0] < 2 else cues - {""})
+        assert evidence_mask(row).mean() == pytest.approx(row["evidence_fraction"])
+    info = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert info["arguments"]["complementary_classes"] == 4
+    assert info["classes"][2] == {"name": "2_cue_circle", "cues": ["shape:circle"]}
+    # without the option the manifest has no cue field and corpus.json no new key
+    plain = read_manifest_parquet(generate_corpus(str(tmp_path / "p"), **args))
+    assert "cue" not in plain["evidence_segments"][0][0]
+    assert (
+        "complementary_classes"
+        not in json.loads((tmp_path / "p" / "corpus.json").read_text())["arguments"]
+    )
+
+
+def test_command_line_complementary(tmp_path) -> None:
+    uri = main(
+        ["--out", str(tmp_path / "cli"), "--videos", "2", "--classes", "5", "--complementary",
+         "4", "--min-frames", "24", "--max-frames", "30"]
+    )  # fmt: skip
+    assert read_class_names(str(tmp_path / "cli" / "classes.json"))[1] == "1_cue_circle"
+    assert len(read_manifest_parquet(uri)) == 2

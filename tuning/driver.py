@@ -6,7 +6,8 @@
     phase 2  Tune grid (or Optuna) over units × β          stage2_trial (gates + eval
                                                             + post-hoc threshold curve)
     then     points.parquet (every β trial and every post-hoc τ point, failed trials with
-             status="error"), pareto.parquet, pareto.png, summary.json
+             status="error"; validation metrics, and the same points on test in test_*),
+             pareto.parquet (on validation), pareto.png, summary.json
 
 Cost: #units × (stage 1 + cache build) + #units × #β × (stage 2 on cached features +
 evaluation + post-hoc curve); see docs/tuning.md.
@@ -16,7 +17,9 @@ the small evaluation); the Ray Train run it launches asks for its own workers
 (``train.num_workers × train.cpus_per_worker``). Tune cannot see those, so β trials at
 once are capped with ``max_concurrent_trials`` = (cluster CPUs − ``data.decode_concurrency``
 left to Ray Data tasks) ÷ (trial + workers' CPUs); stage-1 units run
-``sweep.stage1_concurrency`` (1) at a time, each a full DDP run.
+``sweep.stage1_concurrency`` (1) at a time, each a full DDP run. β trials whose caches fit
+in ``sweep.stage2_in_process_mb`` train in their own process on one thread
+(``tuning.gates``): then as many run at once as the cluster has CPUs.
 Failures: ``FailureConfig(max_failures)`` retries a trial; one that still fails is an
 ``error`` row of the table and the sweep goes on. Resume: run the same command again
 (finished units are read from their records), with ``--resume`` the Tune experiments
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,13 +48,15 @@ from frameexit.storage import (
 )
 from pipelines.common import ensure_ray
 from pipelines.stages import redacted
+from tuning.gates import IN_PROCESS, stage2_mode
 from tuning.pareto import pareto_front, pareto_mask
 from tuning.plot import save_pareto_plot
 from tuning.records import SweepStore, unit_key
 from tuning.spec import SweepSpec
-from tuning.trials import stage1_trial, stage2_trial
+from tuning.trials import stage1_trial, stage2_trial, unit_config
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class SweepResult:
@@ -109,6 +115,15 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
             search = None
         else:
             space, search = _optuna_space(ready, spec)
+        in_process = all(
+            stage2_mode(
+                unit_config(base2, units[u], store),
+                store.read_json(store.stage1_record(u))["cache"],
+                spec.stage2_in_process_mb,
+            )
+            == IN_PROCESS
+            for u in ready
+        )
         grid2 = _fit(
             stage2_trial,
             "stage2",
@@ -116,7 +131,7 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
             params=params2,
             store=store,
             spec=spec,
-            concurrency=spec.max_concurrent or _auto_concurrency(cfg, spec),
+            concurrency=spec.max_concurrent or _auto_concurrency(cfg, spec, in_process=in_process),
             resume=resume,
             search_alg=search,
             num_samples=spec.num_samples if search else 1,
@@ -215,12 +230,16 @@ def _optuna_space(units: list[str], spec: SweepSpec):
     return space, search
 
 
-def _auto_concurrency(cfg: Config, spec: SweepSpec) -> int:
+def _auto_concurrency(cfg: Config, spec: SweepSpec, *, in_process: bool = False) -> int:
     """β trials at once: the cluster's CPUs, less ``data.decode_concurrency`` left free for
-    Ray Data tasks (cache reads; 1 CPU each), ÷ (trial + its Train workers)."""
+    Ray Data tasks (cache reads; 1 CPU each), ÷ (trial + its Train workers); when every
+    trial trains in its own process (one thread, no Ray Data), one per CPU."""
     import ray
 
-    cpus = float(ray.cluster_resources().get("CPU", 1.0)) - cfg.data.decode_concurrency
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    if in_process:
+        return max(1, int(cpus))
+    cpus -= cfg.data.decode_concurrency
     per_trial = spec.trial_cpus + spec.stage2_num_workers * cfg.train.cpus_per_worker
     return max(1, int(cpus // per_trial))
 
@@ -229,8 +248,14 @@ def _auto_concurrency(cfg: Config, spec: SweepSpec) -> int:
 
 COLUMNS = [
     "source", "backbone", "num_steps", "beta", "threshold", "accuracy", "metric", "gflops",
-    "mean_steps", "status", "error", "model_uri", "trial_id", "stage2_seconds", "skipped",
+    "mean_steps", "noexit_accuracy", "test_accuracy", "test_gflops", "test_mean_steps",
+    "status", "error", "model_uri", "trial_id", "stage2_mode", "stage2_seconds", "skipped",
 ]  # fmt: skip
+TEST_COLUMNS = ("accuracy", "gflops", "mean_steps")  # a test curve's columns, as test_*
+NUMERIC = (
+    "beta", "threshold", "accuracy", "gflops", "mean_steps", "noexit_accuracy",
+    "test_accuracy", "test_gflops", "test_mean_steps", "stage2_seconds",
+)  # fmt: skip
 
 
 def _points_table(
@@ -250,19 +275,21 @@ def _points_table(
             "metric": metrics.get("metric", "mAP" if cfg.model.multi_label else "top1"),
             "gflops": metrics.get("gflops", math.nan),
             "mean_steps": metrics.get("mean_steps", math.nan),
+            "noexit_accuracy": metrics.get("noexit_accuracy", math.nan),
+            **{f"test_{k}": metrics.get(f"test_{k}", math.nan) for k in TEST_COLUMNS},
             "status": "ok" if result.error is None else "error",
             "error": _error_text(result.error) if result.error is not None else None,
             "model_uri": metrics.get("model_uri"),
             "trial_id": metrics.get("trial_id"),
+            "stage2_mode": metrics.get("stage2_mode"),
             "stage2_seconds": metrics.get("stage2_seconds", math.nan),
             "skipped": metrics.get("skipped"),
         }
         rows.append(row)
         curve_uri = metrics.get("thresholds_uri")
         if row["status"] == "ok" and isinstance(curve_uri, str) and curve_uri:
-            for point in pd.read_parquet(curve_uri, storage_options=store.options or None).to_dict(
-                "records"
-            ):
+            curve = _curve(curve_uri, metrics.get("test_thresholds_uri"), store)
+            for point in curve.to_dict("records"):
                 rows.append({**row, **point, "source": "threshold", "stage2_seconds": math.nan})
     for key, error in stage1_errors.items():
         unit = units[key]
@@ -278,12 +305,25 @@ def _points_table(
                 }
             )
     table = pd.DataFrame(rows, columns=COLUMNS)
-    for column in ("beta", "threshold", "accuracy", "gflops", "mean_steps", "stage2_seconds"):
+    for column in NUMERIC:
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
     table["num_steps"] = table["num_steps"].astype(int)
     return table.sort_values(
         ["backbone", "num_steps", "beta", "source", "threshold"], kind="stable"
     ).reset_index(drop=True)
+
+
+def _curve(uri: str, test_uri: Any, store: SweepStore) -> pd.DataFrame:
+    """A model's post-hoc τ curve on validation, with its test curve as test_* columns."""
+    options = store.options or None
+    curve = pd.read_parquet(uri, storage_options=options)
+    if isinstance(test_uri, str) and test_uri:
+        test = pd.read_parquet(test_uri, storage_options=options)
+        test = test[["threshold", *TEST_COLUMNS]].rename(
+            columns={k: f"test_{k}" for k in TEST_COLUMNS}
+        )
+        curve = curve.merge(test, on="threshold", how="left", validate="one_to_one")
+    return curve
 
 
 def _summary(store, units, started, phase1_done, phase2_done, finished, points) -> dict[str, Any]:
@@ -316,6 +356,10 @@ def _summary(store, units, started, phase1_done, phase2_done, finished, points) 
         "stage2_compute_share": stage2 / (stage1 + stage2) if stage1 + stage2 else math.nan,
         "stage1_executions": stage1_runs,
         "stage2_executions": sum(1 for e in events if e["stage"] == "stage2"),
+        # where the β trials trained their gates: {"in_process": n, "ray_train": m}
+        "stage2_modes": dict(
+            Counter(e.get("mode", "ray_train") for e in done if e["stage"] == "stage2")
+        ),
         "points": int(len(points)),
         "failed_trials": int(((points["source"] == "beta") & (points["status"] != "ok")).sum()),
         "pareto_points": int(points["pareto"].sum()),

@@ -34,6 +34,10 @@ class SweepSpec:
     storage: str = ""  # default: {train.storage}/sweeps/{train.name}
     trial_cpus: float = 0.25  # held by the trial process itself
     stage2_num_workers: int = 1  # Ray Train workers of a β trial (gates on cached features)
+    # a β trial whose cached train + val features take at most this many MB in memory
+    # trains its gates in its own process (no Ray Train start-up); 0 = always Ray Train
+    stage2_in_process_mb: float = 1024.0
+    test: bool = True  # also cache data.test_split (when it has videos): test_* columns
     max_concurrent: int = 0  # β trials at once; 0 = as many as the cluster's CPUs allow
     stage1_concurrency: int = 1  # stage-1 units at once (each is a full DDP run)
     max_failures: int = 1  # retries per trial before it counts as failed
@@ -90,8 +94,21 @@ class SweepSpec:
             raise ConfigError(
                 "sweep.max_concurrent", f"must be >= 0 (0 = auto), got {self.max_concurrent}"
             )
-        if not isinstance(self.eval_plots, bool):
-            raise ConfigError("sweep.eval_plots", f"must be true or false, got {self.eval_plots!r}")
+        for name in ("eval_plots", "test"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"sweep.{name}", f"must be true or false, got {getattr(self, name)!r}"
+                )
+        if not (
+            isinstance(self.stage2_in_process_mb, int | float)
+            and not isinstance(self.stage2_in_process_mb, bool)
+            and 0 <= self.stage2_in_process_mb < float("inf")
+        ):
+            raise ConfigError(
+                "sweep.stage2_in_process_mb",
+                f"must be a number of MB >= 0 (0 = always Ray Train), got "
+                f"{self.stage2_in_process_mb!r}",
+            )
         if self.max_failures < 0:
             raise ConfigError("sweep.max_failures", f"must be >= 0, got {self.max_failures}")
 

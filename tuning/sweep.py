@@ -29,7 +29,8 @@ On a cluster (S3 storage; see cluster/README.md)::
         train.storage=s3://bucket/frameexit --num-steps 4 8 10 16
 
 Any ``key.sub=value`` argument overrides the config (``sweep.trial_cpus=0.5``,
-``train.stage2.epochs=5`` …).
+``train.stage2.epochs=5``, ``sweep.stage2_in_process_mb=0`` to train every β trial's gates
+with Ray Train instead of in the trial's process …).
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 ::
 
     stage1_trial {unit: "tiny-T4"}                      once per distinct (backbone, T)
-      └─ run_stage1(cfg_T) ─► stage1.pt ─► build_feature_cache(train, val splits)
+      └─ run_stage1(cfg_T) ─► stage1.pt ─► build_feature_cache(train, val[, test] splits)
          └─ records/stage1/tiny-T4.json  {model_uri, cache, seconds}
     stage2_trial {unit: "tiny-T4", beta: 1e-4}          once per (unit, β)
       └─ reads records/stage1/tiny-T4.json (never trains stage 1)
-         run_stage2(cfg_Tβ, stage1_uri, cache) ─► evaluate(..., thresholds=τ grid)
-         (metrics at model.exit_threshold + the post-hoc τ curve, from the cached features)
-         └─ records/stage2/tiny-T4-b0.0001.json  {accuracy, gflops, ...}
+         gates on the cache: in this process when it fits in sweep.stage2_in_process_mb
+         (tuning.gates), else run_stage2 (Ray Train) ─► stage2.pt
+         ─► evaluate(val, thresholds=τ grid)  [─► evaluate(test, same τ grid)]
+         (metrics at model.exit_threshold + the post-hoc τ curves, from the cached features)
+         └─ records/stage2/tiny-T4-b0.0001.json  {accuracy, gflops, test_accuracy, ...}
 
 Ray Train runs (``TorchTrainer.fit`` inside ``pipelines.stages``) are launched from these
 functions, the pattern current Ray supports (a Trainer passed to a Tuner is deprecated).
@@ -26,8 +28,10 @@ from typing import Any
 from frameexit.config import Config, config_from_dict
 from pipelines import stages
 from pipelines.common import RunPaths
+from pipelines.data import load_split
 from pipelines.evaluate import evaluate
 from pipelines.stages import write_config
+from tuning.gates import IN_PROCESS, stage2_mode, train_gates_in_process
 from tuning.records import SweepStore, trial_key
 
 
@@ -59,6 +63,8 @@ def stage1_trial(
         cfg = unit_config(base, unit, store)
         write_config(cfg)  # every run dir holds its resolved config
         splits = list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
+        if sweep["test"] and _has_test_split(cfg):
+            splits.append(cfg.data.test_split)
         with store.event("stage1", unit["key"], **_unit_fields(unit)) as event:
             t0 = time.perf_counter()
             model_uri = stages.run_stage1(cfg)
@@ -95,26 +101,46 @@ def stage2_trial(
     record = store.read_json(record_uri)
     if record is None:
         write_config(cfg)
-        with store.event("stage2", key, beta=beta, **_unit_fields(unit)) as event:
+        cache = stage1["cache"]
+        mode = stage2_mode(cfg, cache, float(sweep["stage2_in_process_mb"]))
+        test = cfg.data.test_split if cfg.data.test_split in cache and sweep["test"] else None
+        paths = RunPaths(cfg)
+        with store.event("stage2", key, beta=beta, mode=mode, **_unit_fields(unit)) as event:
             t0 = time.perf_counter()
-            model_uri = stages.run_stage2(cfg, stage1["model_uri"], stage1["cache"])
+            if mode == IN_PROCESS:
+                model_uri = train_gates_in_process(cfg, stage1["model_uri"], cache)
+            else:
+                model_uri = stages.run_stage2(cfg, stage1["model_uri"], cache)
             t1 = time.perf_counter()
             thresholds = sweep["thresholds"] or None
             metrics = evaluate(
-                cfg, model_uri, stage1["cache"], thresholds=thresholds, plots=sweep["eval_plots"]
+                cfg, model_uri, cache, thresholds=thresholds, plots=sweep["eval_plots"]
             )
+            test_metrics = {}
+            if test:  # the same model and τ grid on test: selection on val, figures on test
+                out = paths("eval", test)
+                test_metrics = evaluate(
+                    cfg, model_uri, cache, split=test, thresholds=thresholds, out=out, plots=False
+                )
             t2 = time.perf_counter()
             event.data.update(stage2_seconds=t1 - t0, eval_seconds=t2 - t1)
-        # evaluate() replays the τ grid on the cached validation features (no training)
-        # and writes the curve next to its metrics: {run}/eval/threshold_sweep.parquet.
-        thresholds_uri = RunPaths(cfg)("eval", "threshold_sweep.parquet") if thresholds else None
+        # evaluate() replays the τ grid on the cached features of a split (no training) and
+        # writes the curve next to its metrics: {run}/eval[/{test}]/threshold_sweep.parquet.
+        curve = "threshold_sweep.parquet"
+        test_objectives = (
+            objectives(test_metrics, multi_label=cfg.model.multi_label) if test else {}
+        )
         record = {
             **_unit_fields(unit),
             "beta": beta,
             "threshold": float(cfg.model.exit_threshold),
             **objectives(metrics, multi_label=cfg.model.multi_label),
+            "noexit_accuracy": float(metrics["noexit_accuracy"]),
+            **{f"test_{k}": v for k, v in test_objectives.items() if k != "metric"},
             "model_uri": model_uri,
-            "thresholds_uri": thresholds_uri,
+            "stage2_mode": mode,
+            "thresholds_uri": paths("eval", curve) if thresholds else None,
+            "test_thresholds_uri": paths("eval", test, curve) if thresholds and test else None,
             "stage2_seconds": t1 - t0,
             "eval_seconds": t2 - t1,
             "metrics": {k: v for k, v in metrics.items() if _scalar(v)},
@@ -124,6 +150,14 @@ def stage2_trial(
     else:
         record["skipped"] = True
     _report({k: v for k, v in record.items() if k != "metrics"})
+
+
+def _has_test_split(cfg: Config) -> bool:
+    """Whether ``data.test_split`` is a split of its own in the manifest (with videos)."""
+    test = cfg.data.test_split
+    if not test or test in (cfg.data.train_split, cfg.data.val_split):
+        return False
+    return not load_split(cfg, test).empty
 
 
 def _report(metrics: dict[str, Any]) -> None:

@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     )  # fmt: skip
     parser.add_argument("--difficulty-mix", type=_weights, default=None, help="easy=.4,hard=.6")
     parser.add_argument("--splits", type=_weights, default=None, help="train=.8,test=.2")
+    parser.add_argument(
+        "--complementary", type=int, default=0, metavar="C",
+        help="the last C classes are complementary (cues in separate frames; even, >= 4)",
+    )  # fmt: skip
     parser.add_argument("--crf", type=int, default=20)
     parser.add_argument("--preset", default="medium")
     parser.add_argument("--workers", type=int, default=1)
@@ -72,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         keyframe_interval_s=interval[0] if len(interval) == 1 else (interval[0], interval[1]),
         difficulty_mix=args.difficulty_mix,
         splits=args.splits,
+        complementary_classes=args.complementary,
         crf=args.crf,
         preset=args.preset,
         workers=args.workers,

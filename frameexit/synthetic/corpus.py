@@ -31,7 +31,7 @@ from frameexit.synthetic.planning import (
     plan_corpus,
 )
 from frameexit.synthetic.rendering import render_video
-from frameexit.synthetic.signatures import class_signatures
+from frameexit.synthetic.signatures import ComplementaryClass, corpus_classes
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -45,20 +45,27 @@ GENERATOR_VERSION = "frameexit-synthetic-v1"
 MANIFEST_NAME = "manifest.parquet"
 
 
-def _segments_records(segments: Sequence[Segment], *, with_kind: bool) -> list[dict[str, Any]]:
-    """Segments as ``{label_id, start, end[, kind]}`` dicts (manifest struct columns)."""
+def _segments_records(
+    segments: Sequence[Segment], *, with_kind: bool, with_cue: bool = False
+) -> list[dict[str, Any]]:
+    """Segments as ``{label_id, start, end[, kind][, cue]}`` dicts (manifest struct columns)."""
     out = []
     for s in segments:
         record: dict[str, Any] = {"label_id": s.label_id, "start": s.start, "end": s.end}
         if with_kind:
             record["kind"] = s.kind
+        if with_cue:
+            record["cue"] = s.cue
         out.append(record)
     return out
 
 
-def _manifest_frame(plans: Sequence[VideoPlan], root: str, num_classes: int) -> pd.DataFrame:
-    """The manifest table: canonical columns plus the synthetic extras, one row per plan."""
-    names = [s.name for s in class_signatures(num_classes)]
+def _manifest_frame(
+    plans: Sequence[VideoPlan], root: str, num_classes: int, complementary: int = 0
+) -> pd.DataFrame:
+    """The manifest table: canonical columns plus the synthetic extras, one row per plan.
+    Evidence segments of a corpus with complementary classes also carry their ``cue``."""
+    names = [c.name for c in corpus_classes(num_classes, complementary)]
     rows = []
     for p in plans:
         rows.append(
@@ -73,7 +80,9 @@ def _manifest_frame(plans: Sequence[VideoPlan], root: str, num_classes: int) -> 
                 "num_frames": p.num_frames,
                 "difficulty": p.difficulty,
                 "evidence_fraction": p.evidence_fraction,
-                "evidence_segments": _segments_records(p.evidence, with_kind=False),
+                "evidence_segments": _segments_records(
+                    p.evidence, with_kind=False, with_cue=complementary > 0
+                ),
                 "distractor_segments": _segments_records(p.distractors, with_kind=True),
                 "fps": p.fps,
                 "width": p.width,
@@ -134,6 +143,7 @@ def generate_corpus(
     keyframe_interval_s: float | tuple[float, float] = (1.0, 2.0),
     difficulty_mix: Mapping[str, float] | None = None,
     splits: Mapping[str, float] | None = None,
+    complementary_classes: int = 0,
     crf: int = 20,
     preset: str = "medium",
     workers: int = 1,
@@ -145,8 +155,11 @@ def generate_corpus(
     ``width``/``height`` override ``image_size`` (square by default). ``keyframe_interval_s``
     is a fixed value or a ``(lo, hi)`` range drawn per video. ``difficulty_mix`` weights
     ``easy``/``medium``/``hard``; ``splits`` weights split names (default train/val/test
-    0.7/0.15/0.15). ``workers`` > 1 encodes in that many processes (same output). The
-    manifest is written last, so its presence means the corpus is complete.
+    0.7/0.15/0.15). ``complementary_classes`` of the ``num_classes`` are complementary
+    (identified by cues in separate frames; see the package docstring), the rest
+    single-cue; 0 gives exactly the files earlier versions gave. ``workers`` > 1 encodes
+    in that many processes (same output). The manifest is written last, so its presence
+    means the corpus is complete.
     """
     w = width or image_size
     h = height or image_size
@@ -168,6 +181,8 @@ def generate_corpus(
         "difficulty_mix": difficulty_mix,
         "splits": splits,
     }
+    if complementary_classes:  # absent otherwise: corpus.json as earlier versions wrote it
+        plan_args["complementary_classes"] = complementary_classes
     plans = plan_corpus(**plan_args)
     root = absolute_uri(out_uri)
     local = is_local(root)
@@ -191,9 +206,10 @@ def generate_corpus(
         if not local:
             shutil.rmtree(staging, ignore_errors=True)
 
-    names = [s.name for s in class_signatures(num_classes)]
+    classes = corpus_classes(num_classes, complementary_classes)
+    names = [c.name for c in classes]
     write_class_names(names, join_uri(root, CLASS_MAP_NAME), storage_options=storage_options)
-    frame = _manifest_frame(plans, root, num_classes)
+    frame = _manifest_frame(plans, root, num_classes, complementary_classes)
     info = {
         "generator": GENERATOR_VERSION,
         "arguments": {
@@ -203,10 +219,7 @@ def generate_corpus(
             "crf": crf,
             "preset": preset,
         },
-        "classes": [
-            {"name": s.name, "shape": s.shape, "colour": s.colour, "texture": s.texture}
-            for s in class_signatures(num_classes)
-        ],
+        "classes": [_class_record(c) for c in classes],
         "counts": {
             f"{split}/{difficulty}": int(n)
             for (split, difficulty), n in sorted(
@@ -223,6 +236,13 @@ def generate_corpus(
     manifest_uri = join_uri(root, MANIFEST_NAME)
     write_manifest(frame, manifest_uri, storage_options=storage_options)
     return manifest_uri
+
+
+def _class_record(cls) -> dict[str, Any]:
+    """A class as corpus.json lists it: its signature's attributes, or its cues."""
+    if isinstance(cls, ComplementaryClass):
+        return {"name": cls.name, "cues": list(cls.cues)}
+    return {"name": cls.name, "shape": cls.shape, "colour": cls.colour, "texture": cls.texture}
 
 
 def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from frameexit.synthetic.signatures import class_signatures
+from frameexit.synthetic.signatures import class_signatures, complementary_family
 
 __all__ = [
     "DEFAULT_DIFFICULTY_MIX",
@@ -43,12 +43,15 @@ class Segment:
     """Frames ``[start, end)`` (0-based) showing class ``label_id`` as ``kind``.
 
     ``kind``: ``evidence``, ``brief`` (another class's full signature), ``occluded`` or
-    ``gray`` (partial signatures)."""
+    ``gray`` (partial signatures). ``cue``: empty for a full signature, else the one
+    sub-signature of a complementary class the segment draws (``shape:circle``,
+    ``colour:red``)."""
 
     label_id: int
     start: int
     end: int
     kind: str = "evidence"
+    cue: str = ""
 
     @property
     def length(self) -> int:
@@ -152,13 +155,17 @@ def _plan_timeline(
     rng: np.random.Generator,
     num_frames: int,
     difficulty: str,
-    label_ids: Sequence[int],
-    num_classes: int,
+    owners: Sequence[tuple[int, str]],
+    num_single: int,
     multi_label: bool,
 ) -> tuple[Segment, ...]:
+    """Evidence segments for every ``(label_id, cue)`` owner (a single-cue label has one,
+    cue ``""``; a complementary label one per cue), then distractors of single-cue
+    classes (``num_single``: their count; ids below it) in the free frames."""
+    label_ids = sorted({label for label, _ in owners})
     lo, hi, seg_lo, seg_hi = DIFFICULTIES[difficulty]
     fraction = rng.uniform(lo, hi)
-    seg_counts = [int(rng.integers(seg_lo, seg_hi + 1)) for _ in label_ids]
+    seg_counts = [int(rng.integers(seg_lo, seg_hi + 1)) for _ in owners]
     # evidence frames: at least _MIN_SEGMENT per segment; all segments plus a one-frame
     # gap between neighbours must fit (plan_corpus guarantees min_frames allows it)
     evidence_total = max(_MIN_SEGMENT * sum(seg_counts), int(round(fraction * num_frames)))
@@ -167,33 +174,36 @@ def _plan_timeline(
         evidence_total = max(_MIN_SEGMENT * sum(seg_counts), evidence_total)
     evidence_total = min(evidence_total, num_frames - (sum(seg_counts) - 1))
     spare = evidence_total - _MIN_SEGMENT * sum(seg_counts)
-    extra = _random_parts(rng, spare, len(label_ids), 0)
+    extra = _random_parts(rng, spare, len(owners), 0)
     lengths: list[int] = []
-    owners: list[int] = []
-    for label_id, count, more in zip(label_ids, seg_counts, extra, strict=True):
+    drawn_by: list[tuple[int, str]] = []
+    for owner, count, more in zip(owners, seg_counts, extra, strict=True):
         for length in _random_parts(rng, _MIN_SEGMENT * count + more, count, _MIN_SEGMENT):
             lengths.append(length)
-            owners.append(label_id)
+            drawn_by.append(owner)
     starts = _place(rng, num_frames, lengths)
     if starts is None:  # unreachable: sized above
         raise AssertionError("evidence does not fit")
-    segments = [Segment(o, s, s + n) for o, s, n in zip(owners, starts, lengths, strict=True)]
+    segments = [
+        Segment(label, s, s + n, cue=cue)
+        for (label, cue), s, n in zip(drawn_by, starts, lengths, strict=True)
+    ]
     occupied = np.zeros(num_frames, bool)
     for seg in segments:
         occupied[seg.start : seg.end] = True
 
     distractors: list[tuple[int, int, str]] = []  # (label, length, kind)
-    others = [c for c in range(num_classes) if c not in label_ids]
+    others = [c for c in range(num_single) if c not in label_ids]
     if not multi_label and others and rng.random() < _BRIEF_PROBABILITY:
         longest_brief = max(1, min(4, min(lengths) // 2))
         for _ in range(int(rng.integers(1, 3))):
             brief = int(rng.integers(1, longest_brief + 1))
             distractors.append((int(rng.choice(others)), brief, "brief"))
     budget = int(round(rng.uniform(*_PARTIAL_COVER) * (num_frames - evidence_total)))
-    while budget >= _PARTIAL_LENGTH[0]:
+    while num_single and budget >= _PARTIAL_LENGTH[0]:
         length = int(rng.integers(_PARTIAL_LENGTH[0], min(_PARTIAL_LENGTH[1], budget) + 1))
         kind = "occluded" if rng.random() < 0.6 else "gray"
-        distractors.append((int(rng.integers(num_classes)), length, kind))
+        distractors.append((int(rng.integers(num_single)), length, kind))
         budget -= length
     for label_id, length, kind in distractors:  # at a random free place, or not at all
         starts_free = _free_starts(occupied, length)
@@ -230,13 +240,18 @@ def plan_corpus(
     keyframe_interval_s: float | tuple[float, float] = (1.0, 2.0),
     difficulty_mix: Mapping[str, float] | None = None,
     splits: Mapping[str, float] | None = None,
+    complementary_classes: int = 0,
 ) -> list[VideoPlan]:
     """Plan a corpus (labels, splits, difficulties, timelines) without drawing anything.
 
     Difficulty counts follow ``difficulty_mix``; within each difficulty the videos are
     divided among ``splits`` (every split gets each difficulty when there are enough
     videos), and within each split classes are dealt round-robin, so every split holds
-    a mix of difficulties and classes.
+    a mix of difficulties and classes. The last ``complementary_classes`` class ids are
+    complementary (:func:`~frameexit.synthetic.signatures.complementary_family`): their
+    evidence is one set of segments per cue, the difficulty's evidence fraction shared
+    among the cues; distractors only ever show single-cue classes. 0 (the default) plans
+    exactly what earlier versions planned.
     """
     mix = dict(DEFAULT_DIFFICULTY_MIX if difficulty_mix is None else difficulty_mix)
     split_fractions = dict(DEFAULT_SPLITS if splits is None else splits)
@@ -245,7 +260,12 @@ def plan_corpus(
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
     class_signatures(num_classes)  # validates num_classes
-    shortest = 3 * max_labels if multi_label else 4  # room for each label's evidence
+    family = complementary_family(num_classes, complementary_classes)
+    num_single = num_classes - len(family)
+    cues = [("",)] * num_single + [c.cues for c in family]  # what each label's evidence draws
+    # room for each label's evidence: per cue a 2-frame segment and a gap
+    per_label = 6 if family else 3
+    shortest = per_label * max_labels if multi_label else max(4, per_label)
     if not shortest <= min_frames <= max_frames:
         raise ValueError(
             f"need {shortest} <= min_frames <= max_frames, got {min_frames}, {max_frames}"
@@ -295,8 +315,9 @@ def plan_corpus(
         gop = max(1, int(round(fps * rng.uniform(*interval))))
         video_seed = (seed, 1, index)
         timeline_rng = np.random.default_rng([seed, 2, index])
+        owners = [(label, cue) for label in labels for cue in cues[label]]
         segments = _plan_timeline(
-            timeline_rng, num_frames, difficulty, labels, num_classes, multi_label
+            timeline_rng, num_frames, difficulty, owners, num_single, multi_label
         )
         plans.append(
             VideoPlan(

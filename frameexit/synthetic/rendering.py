@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from frameexit.synthetic.planning import VideoPlan
-from frameexit.synthetic.signatures import class_signatures, signature_patch
+from frameexit.synthetic.signatures import class_signatures, cue_patch, signature_patch
 
 __all__ = ["render_video"]
 
@@ -95,12 +95,16 @@ def render_video(plan: VideoPlan, num_classes: int) -> np.ndarray:
     cols = (np.rint(origin[1] + velocity[1] * t)[:, None].astype(np.int64) + np.arange(w)) % cw
     frames = canvas[rows[:, :, None], cols[:, None, :]].astype(np.float32)  # [n, h, w, 3]
 
+    # single-cue ids draw the same signatures as class_signatures(num_single): prefix-stable
     signatures = class_signatures(num_classes)
     for seg in plan.segments:
-        sig = signatures[seg.label_id]
         size = int(round(min(h, w) * rng.uniform(*_SIGNATURE_SIZE)))
         size = max(4, min(size, h, w))
-        rgb, alpha = signature_patch(sig.shape, sig.rgb, sig.texture, size)
+        if seg.cue:  # one sub-signature of a complementary class
+            rgb, alpha = cue_patch(seg.cue, size)
+        else:
+            sig = signatures[seg.label_id]
+            rgb, alpha = signature_patch(sig.shape, sig.rgb, sig.texture, size)
         if seg.kind == "occluded":
             alpha = _occlude(alpha, rng)
         elif seg.kind == "gray":

@@ -1,7 +1,12 @@
-"""Class signatures: the shape × colour × texture patch that identifies each class.
+"""Class signatures: the shape × colour × texture patch that identifies each class, and
+the sub-signature *cues* that complementary classes are made of.
 
-Signatures depend on the number of classes only (never on a seed), so corpora made with
-different seeds share their classes.
+A single-cue class is one :class:`Signature`, decisive in any frame that shows it. A
+complementary class (:class:`ComplementaryClass`) is a monochrome *shape cue* alone, or a
+shape cue plus a *colour cue* (three bars in one colour), each drawn in its own segments;
+every cue belongs to several classes (see :func:`complementary_family`). Both depend on
+the number of classes only (never on a seed), so corpora made with different seeds share
+their classes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,19 @@ from itertools import product
 
 import numpy as np
 
-__all__ = ["COLOURS", "SHAPES", "TEXTURES", "Signature", "class_signatures", "signature_patch"]
+__all__ = [
+    "COLOURS",
+    "CUE_SHAPES",
+    "SHAPES",
+    "TEXTURES",
+    "ComplementaryClass",
+    "Signature",
+    "class_signatures",
+    "complementary_family",
+    "corpus_classes",
+    "cue_patch",
+    "signature_patch",
+]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -25,6 +42,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 25),
 }
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker")
+# The shape cues of complementary classes: two silhouettes far apart (drawn monochrome).
+CUE_SHAPES: tuple[str, ...] = ("circle", "cross")
+_CUE_LEVELS = (235.0, 25.0)  # the shape cue's black-and-white checker (nothing else is)
 
 
 @dataclass(frozen=True)
@@ -120,3 +140,86 @@ def signature_patch(
         raise ValueError(f"unknown texture {texture!r}")
     colour = np.asarray(rgb, np.float32)
     return light[..., None] * colour, alpha
+
+
+@dataclass(frozen=True)
+class ComplementaryClass:
+    """A class identified by cues in separate frames: the shape cue ``shape`` (a
+    black-and-white checkered silhouette) and, unless ``colour`` is None, the colour cue
+    ``colour`` (three bars in that colour). With ``colour`` None the class is the shape
+    cue *without* any colour cue, so telling it from its pair classes needs the absence
+    of a cue over many frames."""
+
+    name: str
+    shape: str
+    colour: str | None = None
+
+    @property
+    def cues(self) -> tuple[str, ...]:
+        """What its evidence segments draw: ``shape:<shape>`` then ``colour:<colour>``."""
+        return (f"shape:{self.shape}",) + ((f"colour:{self.colour}",) if self.colour else ())
+
+
+def complementary_family(num_classes: int, count: int) -> tuple[ComplementaryClass, ...]:
+    """The ``count`` complementary classes that close a corpus of ``num_classes``.
+
+    ``count`` must be 0 or even in 4..2 × (len(COLOURS) + 1): with C = count, the two
+    shape cues of :data:`CUE_SHAPES` and the first C/2 − 1 colours give, per shape, one
+    shape-only class and one pair class per colour. So every shape cue belongs to C/2
+    classes and every colour cue to 2: no single cue frame decides the class, and the
+    shape-only classes (the class most frames of a pair video look like) are told apart
+    only by whether a colour cue appears anywhere. Class ids follow the single-cue ones.
+    """
+    if count == 0:
+        return ()
+    limit = 2 * (len(COLOURS) + 1)
+    if count % 2 or not 4 <= count <= min(limit, num_classes):
+        raise ValueError(
+            f"complementary_classes must be 0 or even in 4..{min(limit, num_classes)} "
+            f"(and <= num_classes = {num_classes}), got {count}"
+        )
+    width = len(str(num_classes - 1))
+    first = num_classes - count
+    colours = list(COLOURS)[: count // 2 - 1]
+    members = [(shape, colour) for shape in CUE_SHAPES for colour in (None, *colours)]
+    return tuple(
+        ComplementaryClass(
+            name=f"{first + i:0{width}d}_cue_{shape}" + (f"_{colour}" if colour else ""),
+            shape=shape,
+            colour=colour,
+        )
+        for i, (shape, colour) in enumerate(members)
+    )
+
+
+def corpus_classes(
+    num_classes: int, complementary: int = 0
+) -> tuple[Signature | ComplementaryClass, ...]:
+    """Every class of a corpus by id: ``num_classes − complementary`` single-cue
+    signatures (those of :func:`class_signatures`, whose choice is prefix-stable), then
+    the complementary family. ``complementary=0`` is exactly ``class_signatures``."""
+    family = complementary_family(num_classes, complementary)
+    return class_signatures(num_classes)[: num_classes - len(family)] + family
+
+
+@lru_cache(maxsize=256)
+def cue_patch(cue: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgb float32 [s, s, 3], alpha float32 [s, s])`` of a cue (``shape:<name>`` or
+    ``colour:<name>``). Cached like :func:`signature_patch`: do not change the arrays."""
+    kind, _, value = cue.partition(":")
+    pix = (np.arange(size, dtype=np.float32) + 0.5) / size
+    py, px = np.meshgrid(pix, pix, indexing="ij")
+    if kind == "shape":
+        _, alpha = signature_patch(value, (255, 255, 255), "solid", size)
+        cells = (np.floor(px * 6) + np.floor(py * 6)) % 2 == 0  # 6 × 6 cells
+        level = np.where(cells, *_CUE_LEVELS).astype(np.float32)
+        return np.repeat(level[..., None], 3, axis=-1), alpha
+    if kind == "colour":
+        sub = 2 * size  # 2× supersampling, as for signature edges
+        coords = (np.arange(sub, dtype=np.float32) + 0.5) / sub
+        v, u = np.meshgrid(coords, coords, indexing="ij")
+        bars = ((v % (1 / 3)) >= 0.06) & ((v % (1 / 3)) <= 0.27) & (np.abs(u - 0.5) <= 0.45)
+        alpha = bars.astype(np.float32).reshape(size, 2, size, 2).mean(axis=(1, 3))
+        rgb = np.broadcast_to(np.asarray(COLOURS[value], np.float32), (size, size, 3))
+        return np.ascontiguousarray(rgb), alpha
+    raise ValueError(f"unknown cue {cue!r} (expected shape:<name> or colour:<name>)")
