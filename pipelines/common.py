@@ -59,6 +59,23 @@ def setup_logging(*, verbose_console: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def quiet_train_logs() -> None:
+    """In a Train worker: Ray Train's INFO lines (a dump of every report, checkpoint
+    notices) off the console unless verbose. ``RunConfig.logging_config`` filters only
+    loggers named ``ray.train.*``; the report dump's logger is named after its file
+    (``getLogger(__file__)`` in ray.train.v2's execution context), so it is set here."""
+    if verbose():
+        return
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: nothing to quieten
+        return
+    named = getattr(train_context, "logger", None)
+    if isinstance(named, logging.Logger):
+        named.setLevel(logging.WARNING)
+
+
 #: Exit codes of the entry points, for schedulers: 0 done, 1 finished but incomplete
 #: (rerun the same command: it resumes), 2 bad arguments, config, manifest or checkpoint
 #: (fix them first), 3 a runtime failure (infrastructure, storage: retrying may help),
@@ -155,9 +172,13 @@ def shared(value: Any) -> list:
     Configs carry credentials (``data.storage_options``); passed as plain arguments they
     would sit in task specs, Ray Train's exported run settings and the dashboard. Through
     the object store only a reference travels (the list keeps Ray from resolving it).
+    An empty value (no storage options) is passed as it is: nothing to hide, and no
+    reference whose owner may drop it while a late actor of a finished pool starts.
     """
     import ray
 
+    if value is None or (isinstance(value, dict | list | str) and not value):
+        return value
     return [ray.put(value)]
 
 
@@ -193,7 +214,9 @@ def ensure_ray(
     if not verbose():
         from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = False
+        context = DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False  # "Starting execution" + plan per dataset
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):

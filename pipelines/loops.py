@@ -43,7 +43,7 @@ from frameexit.training import (
     stage2_step,
     unwrap,
 )
-from pipelines.common import unshared
+from pipelines.common import quiet_train_logs, unshared
 
 log = logging.getLogger("frameexit.pipelines.loops")
 
@@ -119,6 +119,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
     from frameexit.model import build_model
     from pipelines.data import set_epoch
 
+    quiet_train_logs()
     cfg = config_from_dict(unshared(config["cfg"]))
     stage, context = cfg.train.stage1, ray.train.get_context()
     rank = context.get_world_rank()
@@ -288,6 +289,7 @@ def stage2_loop(config: dict[str, Any]) -> None:
     from frameexit.checkpoint import model_from_state, read_model_checkpoint
     from frameexit.losses import set_stage
 
+    quiet_train_logs()
     cfg = config_from_dict(unshared(config["cfg"]))
     stage, context = cfg.train.stage2, ray.train.get_context()
     rank = context.get_world_rank()

@@ -40,7 +40,7 @@ from frameexit.storage import (
     url_to_fs,
     write_text,
 )
-from pipelines.common import RunPaths, ensure_ray, shared
+from pipelines.common import RunPaths, ensure_ray, shared, verbose
 from pipelines.data import (
     FeatureExtractor,
     collect_skipped,
@@ -96,7 +96,14 @@ def _fit(
     stage: str,
 ):
     """One TorchTrainer run under {run}/ray/{name}; returns the ray.train Result."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines.tracking import tracking_callback
@@ -131,6 +138,8 @@ def _fit(
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            # Train's per-report dumps and worker-group lines: --verbose only
+            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         ),
         datasets=datasets,
         dataset_config=DataConfig(execution_options=ingest_options(cfg)),
@@ -322,6 +331,8 @@ def build_feature_cache(
     paths = RunPaths(cfg)
     model_hash = _file_sha256(model_uri, _options(cfg, model_uri))
     out: dict[str, str] = {}
+    # one reference for every split's actor pool, held until all of them are done
+    model_options = shared(_options(cfg, model_uri))
     for split in splits:
         uri = paths.features(split)
         marker = join_uri(uri, "_SUCCESS")
@@ -338,7 +349,7 @@ def build_feature_cache(
             FeatureExtractor,
             fn_constructor_kwargs={
                 "model_uri": model_uri,
-                "storage_options": shared(_options(cfg, model_uri)),
+                "storage_options": model_options,
                 "use_gpu": cfg.train.use_gpu,
             },
             batch_size=cfg.data.batch_size,

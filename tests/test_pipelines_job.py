@@ -37,6 +37,11 @@ def test_train_script_under_ray_job_submit(ray_head, tiny_corpus, tmp_path) -> N
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-6000:]
     assert "succeeded" in logs.lower() and "w/o exit" in logs
+    # a quiet console: frameexit's epoch lines, not Ray Train's report dumps or Ray Data's
+    # execution plans (those need --verbose)
+    assert "[frameexit] stage 1  epoch" in logs
+    for noise in ("Reporting training result", "Execution plan of Dataset", "ReferenceCounting"):
+        assert noise not in logs, noise
 
     run = storage / "job"
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
