@@ -300,8 +300,8 @@ def test_class_sorted_manifest_trains_like_a_shuffled_one(ray_cluster, tmp_path)
 @pytest.mark.ray
 @pytest.mark.slow
 def test_stage1_survives_the_loss_of_a_worker_node(tiny_corpus, tmp_path) -> None:
-    """A 3-node loopback cluster of its own: a node holding a Train worker is removed while
-    the second checkpoint is written; the run continues from the last checkpoint on the remaining
+    """A 3-node loopback cluster of its own: a node holding a Train worker is removed once
+    the first checkpoint is registered; the run continues from the last checkpoint on the remaining
     node and ends with the same number of epochs."""
     import re
     import subprocess
