@@ -180,11 +180,13 @@ def test_s3_slowdown_resets_and_stalls_are_retryable(ray_cluster, env, moto_s3, 
     manifest = _csv(tmp_path / "in.csv", [f"{bucket}/v/{n},," for n in names])
     out = str(tmp_path / "out")
     with FaultProxy(moto_s3.endpoint_url, stall_s=12.0) as proxy:
-        # botocore's own retries off: s3fs still retries 5 times (~2 s) before giving up
+        # botocore's own retries off (total_max_attempts; its legacy max_attempts counts
+        # retries, with a random throttling backoff of up to seconds): s3fs alone then
+        # tries 5 times, ~2 s of backoff, well inside the 6 s decode budget
         options = {
             **moto_s3.storage_options,
             "endpoint_url": proxy.endpoint_url,
-            "config_kwargs": {"retries": {"max_attempts": 1}},
+            "config_kwargs": {"retries": {"total_max_attempts": 1}},
         }
         proxy.rules = {"slow.mp4": "slowdown", "reset.mp4": "reset", "stall.mp4": "stall"}
         overrides = [f"data.storage_options={json.dumps(options)}", "data.decode_timeout_s=6"]
