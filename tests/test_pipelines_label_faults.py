@@ -351,10 +351,12 @@ def test_append_keeps_the_rows_of_other_shards(ray_cluster, env, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_worker_node_killed_mid_run(env, tmp_path):
-    """A 3-node loopback cluster of its own (subprocess); a worker node holding a labeling
-    actor is removed after the first commit; the job finishes with every row."""
-    videos = env["videos"][:10]
-    manifest = _csv(tmp_path / "in.csv", [f"{v},," for v in videos])
+    """A 3-node loopback cluster of its own (subprocess); a worker node holding a live
+    labeling actor is removed after the first commit, while work is left; the job
+    finishes with every row. 36 inputs (each video three times): enough work that the
+    actors are still busy when the first part is committed."""
+    videos = env["videos"][:12]
+    manifest = _csv(tmp_path / "in.csv", [f"{v},," for v in videos * 3])
     out, result = str(tmp_path / "out"), tmp_path / "result.json"
     script = ROOT / "tests" / "fixtures" / "label_node_loss.py"
     proc = subprocess.run(
@@ -365,7 +367,11 @@ def test_a_worker_node_killed_mid_run(env, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout.decode()[-2000:] + proc.stderr.decode()[-4000:]
     report = json.loads(result.read_text())
-    assert report["killed"].get("node"), report
+    killed = report["killed"]
+    assert killed.get("node") and killed["hosted"], report  # a node with a live actor
+    assert killed["at"] < report["ended"], report  # removed mid-run
+    assert killed["ledger_nodes"] == [killed["driver_node"]], report  # on the driver's node
+    assert killed["parts_before"] * 2 < len(videos) * 3, report  # rows were left (2 a part)
     assert report["summary"]["complete"]
-    rows = _exactly(out, {f"{v}#n=1" for v in videos})
+    rows = _exactly(out, {f"{v}#n={n}" for v in videos for n in (1, 2, 3)})
     assert (rows["status"] == STATUS_OK).all()

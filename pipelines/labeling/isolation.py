@@ -18,6 +18,12 @@ So a batch with k poison videos needs at most 1 + 2k retries; actor restarts and
 retries are bounded explicitly (``label.max_actor_restarts``, and 1 + 2 × batch size
 task retries). The ledger lives as long as the job's driver; a video that crashed a
 run gets its ``crashed`` row and is not tried again unless the output is overwritten.
+
+The ledger also holds the handles of the pipeline's labeling actors: when a pipeline
+fails (a lost node took blocks with it), Ray Data only drops its own handles, and an
+actor Ray restarted on a surviving node keeps its CPUs; the driver kills them all
+(:func:`stop_labelers`) before it starts the next pipeline, which would otherwise wait
+for those CPUs forever.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class CrashLedger:
         self.attempts: dict[str, int] = {}
         self.in_flight: dict[str, str | None] = {}  # batch -> video in flight (None: all)
         self.deaths: dict[str, int] = {}
+        self.labelers: dict[str, Any] = {}  # actor id -> handle of a labeling actor
 
     def start_batch(self, batch: str) -> tuple[int, dict[str, int]]:
         """Register an attempt of ``batch``; blame the video that was in flight when its
@@ -63,18 +70,40 @@ class CrashLedger:
         """Videos blamed for deaths (id -> deaths)."""
         return dict(self.deaths)
 
+    def register_labeler(self, actor_id: str, actor: Any) -> None:
+        """A labeling actor of the running pipeline (again after each restart)."""
+        self.labelers[actor_id] = actor
+
+    def take_labelers(self) -> list[Any]:
+        """The registered labeling actors, forgotten here."""
+        handles = list(self.labelers.values())
+        self.labelers.clear()
+        return handles
+
 
 def start_ledger(job_key: str) -> Any:
-    """A named :class:`CrashLedger` for one job, placed on the driver's node (it must
-    outlive the worker nodes whose deaths it records)."""
+    """A named :class:`CrashLedger` for one job, pinned to the driver's node (it must
+    outlive the worker nodes whose deaths it records; a soft affinity was seen to place
+    it on a worker node, and the loss of that node took the ledger with it)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(num_cpus=0, max_restarts=0)(CrashLedger)
     return actor.options(
         name=LEDGER_NAME_PREFIX + job_key, scheduling_strategy=strategy, lifetime=None
     ).remote()
+
+
+def stop_labelers(ledger: Any) -> int:
+    """Kill the labeling actors of a failed pipeline (those registered in ``ledger``), so
+    that their CPUs are free for the next one; returns how many."""
+    import ray
+
+    handles = ray.get(ledger.take_labelers.remote())
+    for handle in handles:
+        ray.kill(handle, no_restart=True)
+    return len(handles)
 
 
 class ExclusiveGate:

@@ -38,7 +38,12 @@ from frameexit.storage import join_uri, options_for, redact, scrub, write_text
 from pipelines.common import ensure_ray
 from pipelines.labeling.actor import POISON_ENV, VideoLabeler
 from pipelines.labeling.inputs import LabelInputs
-from pipelines.labeling.isolation import LEDGER_NAME_PREFIX, start_ledger, task_retries
+from pipelines.labeling.isolation import (
+    LEDGER_NAME_PREFIX,
+    start_ledger,
+    stop_labelers,
+    task_retries,
+)
 from pipelines.labeling.job import LabelJob, check_fingerprint, prepare_job
 from pipelines.labeling.lease import Lease
 from pipelines.labeling.parts import (
@@ -314,16 +319,18 @@ def _label(
                 if restarts > cfg.label.max_pipeline_restarts:
                     raise
                 writer.flush()  # every row received so far is complete: keep it
+                stopped = stop_labelers(ledger)
                 todo = todo.filter(
                     pc.invert(pc.is_in(todo.column("input_id"), value_set=writer.seen_ids()))
                 )
                 log.warning(
-                    "labeling pipeline failed (%s: %s); restarting it for the %d inputs left "
-                    "(%d of %d restarts)",
+                    "labeling pipeline failed (%s: %s); %d labeling actors stopped; restarting "
+                    "it for the %d inputs left (%d of %d restarts)",
                     type(error).__name__,
                     scrub(
                         str(error).splitlines()[0] if str(error) else "", cfg.data.storage_options
                     ),
+                    stopped,
                     todo.num_rows,
                     restarts,
                     cfg.label.max_pipeline_restarts,
