@@ -91,9 +91,9 @@ class VideoLabeler:
 
             self.ledger = ray.get_actor(ledger)
             context = ray.get_runtime_context()
-            if context.get_actor_id():  # a Ray actor: the driver may have to stop it
-                register = self.ledger.register_labeler
-                ray.get(register.remote(context.get_actor_id(), context.current_actor))
+            actor_id = context.get_actor_id()
+            if actor_id:  # a Ray actor: the driver may have to stop it
+                ray.get(self.ledger.register_labeler.remote(actor_id, context.current_actor))
         self.poison = poison
         self._open = reader_opener(self.cfg)
 
