@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -145,9 +146,9 @@ def sweep_config(args: argparse.Namespace, manifest: Path, out: Path) -> Path:
 
 
 def run_sweep(args: argparse.Namespace, manifest: Path, out: Path) -> tuple[Path, float, str]:
-    """Run the sweep through its entry point; returns (its folder, wall seconds, command)."""
-    from tuning.sweep import main as sweep_main
-
+    """Run the sweep as a user does (``python tuning/sweep.py``, its own process: the Ray
+    instance it starts and its memory are gone when it returns); returns (its folder,
+    wall seconds, command)."""
     root = out / "sweep"
     argv = [
         "--config", str(sweep_config(args, manifest, out)), "--storage", str(root),
@@ -156,11 +157,8 @@ def run_sweep(args: argparse.Namespace, manifest: Path, out: Path) -> tuple[Path
     command = "python tuning/sweep.py " + shlex.join(argv)
     print(f"\n== sweep (Ray Tune): {command}", flush=True)
     began = time.perf_counter()
-    sweep_main(argv)
+    subprocess.run([sys.executable, str(ROOT / "tuning" / "sweep.py"), *argv], check=True)
     wall = time.perf_counter() - began
-    import ray
-
-    ray.shutdown()  # the in-process part needs neither the cluster nor its memory
     return root, wall, command
 
 
