@@ -29,6 +29,7 @@ from torch import nn
 from frameexit.config import Config, ModelConfig, StageConfig
 from frameexit.exits import exit_steps
 from frameexit.losses import per_step_losses, set_stage
+from frameexit.operating_point import paper_threshold
 from frameexit.synthetic import generate_corpus
 from frameexit.training import GateHead, epoch_lr, make_optimizer, set_lr, stage1_step, stage2_step
 from frameexit.transforms import frames_to_tensor
@@ -312,7 +313,7 @@ def frameexit_row(
     """FrameExit's answer per video at exit threshold ``threshold`` (default the model's):
     its row and the exit step of every video."""
     _, probs, first = model.step_outputs(z)
-    tau = model.cfg.exit_threshold if threshold is None else threshold
+    tau = paper_threshold(model.cfg) if threshold is None else threshold
     steps = exit_steps(probs, tau, first_step_exits=first)
     chosen = logits[torch.arange(len(z)), torch.as_tensor(steps - 1)]
     return Row(

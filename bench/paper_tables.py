@@ -67,6 +67,8 @@ COLUMNS = [  # (row key, header, format); a column is printed when any row has i
     ("frames", "frames", "{:.2f}"),
     ("gflops", "GFLOPs", "{:.4f}"),
     ("saving", "× fewer", "{:.2f}×"),
+    ("best_on_test_frames", "family best@test", "{:.2f}"),
+    ("paper_frames_at_equal_top1", "paper rule @top-1", "{:.2f}"),
     ("beta", "β", "{:g}"),
     ("threshold", "τ", "{:g}"),
     ("val_top1", "val %", "pct"),
@@ -232,7 +234,26 @@ def check_targets(
             for r in equal
         ),
     )
-    full, fe, oracle = by["main"].rows
+    full, fe, oracle = by["main"].rows[:3]
+    for row in by["main"].rows[3:]:  # the calibrated operating points
+        name = row["setting"].split(":")[0].replace("FrameExit (", "")
+        out[f"{name} (on val): within 1 point of w/o exit on test"] = (
+            row["top1"] >= full["top1"] - 0.01 - 1e-12,
+            f"{100 * row['top1']:.1f} vs {100 * full['top1']:.1f} at {row['frames']:.2f} frames"
+            + (f" (fell back: {row['fallback']})" if row.get("fallback") else ""),
+        )
+        best = row["best_on_test_frames"]
+        out[f"{name}: <= 1.15x the frames of its own family's best point chosen on test"] = (
+            row["frames"] <= 1.15 * best,
+            f"{row['frames']:.2f} vs {best:.2f} frames (best within 1 point, chosen on test)",
+        )
+        paper = row["paper_frames_at_equal_top1"]
+        out[f"{name}: fewer frames than the paper's rule at equal top-1"] = (
+            bool(row["frames"] < paper) if np.isfinite(paper) else True,
+            f"{row['frames']:.2f} vs {paper:.2f} frames"
+            if np.isfinite(paper)
+            else "the paper's rule never reaches this top-1",
+        )
     saving = full["gflops"] / fe["gflops"]
     out["FrameExit within 1 point of w/o exit at >= 2.5x fewer GFLOPs"] = (
         fe["top1"] >= full["top1"] - 0.01 - 1e-12 and saving >= 2.5,

@@ -4,6 +4,10 @@ The file is a plain ``torch.save`` of ``{"format", "config", "model", "extra"}``
 every value is a tensor or a primitive, so it loads with ``weights_only=True``: nothing
 a user did not write is ever unpickled. A ``.safetensors`` URI stores the same content
 (config and extra as JSON metadata).
+
+``extra["operating_point"]`` (stage-2 checkpoints of a training run) is the operating
+point chosen on held-out data (``frameexit.operating_point``); a loaded model carries it
+as ``model.operating_point`` and uses it unless a caller names another rule.
 """
 
 from __future__ import annotations
@@ -111,11 +115,26 @@ def model_from_state(
 def load_model_checkpoint(
     uri: str, *, storage_options: dict[str, Any] | None = None, device: str = "cpu"
 ) -> tuple[torch.nn.Module, Config]:
-    """Build the model its config describes and load its weights strictly."""
-    state, cfg, _ = read_model_checkpoint(uri, storage_options=storage_options)
+    """Build the model its config describes and load its weights strictly; the model
+    carries the checkpoint's operating point (``model.operating_point``, or None)."""
+    state, cfg, extra = read_model_checkpoint(uri, storage_options=storage_options)
     cfg.model.pretrained = None  # the checkpoint already holds the weights
     model = model_from_state(cfg.model, state, source=uri)
+    model.operating_point = operating_point_of(extra, source=uri)
     return model.to(device).eval(), cfg
+
+
+def operating_point_of(extra: Mapping[str, Any], *, source: str = "checkpoint"):
+    """The operating point stored in a checkpoint's ``extra`` (None when it has none)."""
+    from frameexit.operating_point import OperatingPoint
+
+    data = extra.get("operating_point")
+    if not data:
+        return None
+    try:
+        return OperatingPoint.from_dict(dict(data))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: unreadable operating point ({error})") from error
 
 
 def _safetensors_metadata(payload: bytes) -> dict[str, str]:
@@ -123,3 +142,14 @@ def _safetensors_metadata(payload: bytes) -> dict[str, str]:
     size = int.from_bytes(payload[:8], "little")
     header = json.loads(payload[8 : 8 + size])
     return header.get("__metadata__", {})
+
+
+def store_operating_point(
+    uri: str, point: Any, *, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Rewrite the checkpoint at ``uri`` with ``point`` (an ``OperatingPoint``) in its
+    extra, so every consumer of the checkpoint uses it by default."""
+    state, cfg, extra = read_model_checkpoint(uri, storage_options=storage_options)
+    model = model_from_state(cfg.model, state, source=uri)
+    extra = {**extra, "operating_point": point.to_dict()}
+    save_model_checkpoint(model, cfg, uri, extra=extra, storage_options=storage_options)

@@ -21,6 +21,10 @@ import yaml
 from frameexit.errors import ConfigError
 
 VARIANTS = ("paper", "official")
+GATE_INPUTS = ("features", "features+confidence")
+#: ε_t = β·exp(t/2) at or above ln 2 lets a wrong single-label prediction (p_true < 0.5)
+#: earn an "exit" pseudo-label
+LN2 = math.log(2.0)
 
 
 @dataclass
@@ -39,8 +43,13 @@ class ModelConfig:
     image_size: int | None = None  # None: the backbone's own (112 tiny, 224, 160 x3d_s)
     clip_length: int | None = None  # frames per step; None: the backbone's own (13 x3d_s)
     policy: str = "coarse_to_fine"
-    exit_threshold: float = 0.5
+    # the paper's rule, gate probability >= τ at every step, when set; None: the
+    # checkpoint's operating point (exit.*), or τ = 0.5 when it has none
+    exit_threshold: float | None = None
     first_step_threshold: float = 0.99  # official variant: step-1 exit on top softmax score
+    # what the gates see: "features" (the paper: z_{t-1}, z_t) or "features+confidence"
+    # (also f_t's output statistics); None: from exit.score
+    gate_inputs: str | None = None
 
     def validate(self, prefix: str = "model") -> None:
         """Check every field against the registries (names) and the backbone's spec;
@@ -74,8 +83,16 @@ class ModelConfig:
         _choice(prefix, "pooling", self.pooling, list_poolings())
         _choice(prefix, "variant", self.variant, VARIANTS)
         _choice(prefix, "policy", self.policy, list_policies())
-        _unit_interval(prefix, "exit_threshold", self.exit_threshold, allow_above=True)
+        if self.exit_threshold is not None:
+            _unit_interval(prefix, "exit_threshold", self.exit_threshold, allow_above=True)
         _unit_interval(prefix, "first_step_threshold", self.first_step_threshold)
+        if self.gate_inputs is not None:
+            _choice(prefix, "gate_inputs", self.gate_inputs, GATE_INPUTS)
+            if self.variant == "official" and self.gate_inputs != "features":
+                raise ConfigError(
+                    f"{prefix}.gate_inputs",
+                    "the official variant's gates see features only (the authors' design)",
+                )
 
 
 @dataclass
@@ -166,9 +183,6 @@ class TrainConfig:
     max_failures: int = 1
     seed: int = 0
     val_every: int = 1  # validate on data.val_split every N epochs (and after the last)
-    # the exit threshold reported on test: the cheapest one within this accuracy of
-    # w/o exit on validation
-    operating_point_tolerance: float = 0.01
     # experiment tracking: "tensorboard" (event files in {run}/tensorboard), "mlflow"
     tracking: list[str] = field(default_factory=lambda: ["tensorboard"])
     mlflow_uri: str = ""  # MLflow tracking URI; empty: a local file store {run}/mlruns
@@ -186,11 +200,68 @@ class TrainConfig:
         _integer(prefix, "max_failures", self.max_failures, minimum=0)
         _integer(prefix, "seed", self.seed, minimum=0)
         _positive(prefix, "val_every", self.val_every)
-        _number(prefix, "operating_point_tolerance", self.operating_point_tolerance, minimum=0)
         for i, kind in enumerate(self.tracking):
             _choice(prefix, f"tracking[{i}]", kind, ("tensorboard", "mlflow"))
         self.stage1.validate(f"{prefix}.stage1")
         self.stage2.validate(f"{prefix}.stage2")
+
+
+@dataclass
+class ExitConfig:
+    """The operating point: exit score, risk bound and confidence (frameexit.operating_point).
+
+    Training chooses it on the validation split and stores it in the stage-2 checkpoint;
+    labeling with ``--calibrate N`` chooses it again on a random sample of the corpus.
+    """
+
+    # gate | confidence | gate+confidence (frameexit.exits); None: the checkpoint's
+    # operating point's score when labeling with one, else confidence
+    score: str | None = None
+    # the risk bounded with probability >= 1 - delta (at most one of the two; neither:
+    # max_disagreement = 0.05): the share of videos whose label differs from the all-T
+    # label, or the top-1 accuracy lost against all T
+    max_disagreement: float | None = None
+    max_accuracy_drop: float | None = None
+    delta: float = 0.1
+    family_size: int = 100  # threshold vectors walked by Learn-then-Test
+
+    def validate(self, prefix: str = "exit") -> None:
+        from frameexit.exits import list_exit_scores
+
+        if self.score is not None:
+            _choice(prefix, "score", self.score, list_exit_scores())
+        for name in ("max_disagreement", "max_accuracy_drop"):
+            value = getattr(self, name)
+            if value is not None:
+                _number(prefix, name, value, minimum=0, maximum=1, open_low=True)
+                if value >= 1:
+                    raise ConfigError(f"{prefix}.{name}", f"must be below 1, got {value!r}")
+        if self.max_disagreement is not None and self.max_accuracy_drop is not None:
+            raise ConfigError(
+                f"{prefix}.max_accuracy_drop",
+                "set either exit.max_disagreement or exit.max_accuracy_drop, not both",
+            )
+        _number(prefix, "delta", self.delta, minimum=0, maximum=1, open_low=True)
+        if self.delta >= 1:
+            raise ConfigError(f"{prefix}.delta", f"must be below 1, got {self.delta!r}")
+        _positive(prefix, "family_size", self.family_size)
+
+    def score_or(self, default: str | None = None) -> str:
+        """``score``, else ``default``, else ``confidence``."""
+        return self.score or default or DEFAULT_EXIT_SCORE
+
+    @property
+    def risk(self) -> tuple[str, float]:
+        """``(risk name, bound)`` this config asks for."""
+        if self.max_accuracy_drop is not None:
+            return "accuracy_drop", float(self.max_accuracy_drop)
+        if self.max_disagreement is not None:
+            return "disagreement", float(self.max_disagreement)
+        return "disagreement", DEFAULT_MAX_DISAGREEMENT
+
+
+DEFAULT_MAX_DISAGREEMENT = 0.05
+DEFAULT_EXIT_SCORE = "confidence"
 
 
 @dataclass
@@ -208,6 +279,10 @@ class LabelConfig:
     max_actor_restarts: int = 16  # per actor; a video that kills its actor twice: `crashed`
     max_pipeline_restarts: int = 3  # a failed Ray Data run (lost node/objects) restarts
     early_exit: bool = True
+    # label a uniform random sample of this many inputs with all T first, calibrate the
+    # operating point (exit.*) on it, then label the rest with it; 0: the checkpoint's
+    calibration_videos: int = 0
+    calibration_seed: int = 0
     top_k: int = 5
     multi_label_threshold: float = 0.5
     part_size: int = 256
@@ -232,6 +307,8 @@ class LabelConfig:
             _positive(prefix, "memory_per_actor_mb", self.memory_per_actor_mb)
         _integer(prefix, "max_actor_restarts", self.max_actor_restarts, minimum=0)
         _integer(prefix, "max_pipeline_restarts", self.max_pipeline_restarts, minimum=0)
+        _integer(prefix, "calibration_videos", self.calibration_videos, minimum=0)
+        _integer(prefix, "calibration_seed", self.calibration_seed, minimum=0)
         _unit_interval(prefix, "multi_label_threshold", self.multi_label_threshold)
         _number(prefix, "lease_seconds", self.lease_seconds, minimum=5)
         _choice(prefix, "precision", self.precision, ("auto", "bf16", "fp32"))
@@ -249,14 +326,42 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    exit: ExitConfig = field(default_factory=ExitConfig)
     sweep: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> Config:
+        self.exit.validate("exit")
+        needed = "features+confidence" if self.exit.score == "gate+confidence" else "features"
+        if self.model.gate_inputs is None:
+            self.model.gate_inputs = needed
+        elif self.exit.score == "gate+confidence" and self.model.gate_inputs != needed:
+            raise ConfigError(
+                "exit.score",
+                "gate+confidence needs gates trained with f_t's statistics "
+                f"(model.gate_inputs=features+confidence); this model's see {self.model.gate_inputs}",
+            )
         self.model.validate("model")
         self.data.validate("data")
         self.train.validate("train")
         self.label.validate("label")
         return self
+
+
+def check_beta(beta: float, num_steps: int, *, multi_label: bool, name: str = "train.beta") -> None:
+    """Before training gates: single-label pseudo-labels need ε_t = β·e^{t/2} < ln 2 at
+    every step that can exit (t < T); from ln 2 on, a wrong prediction (p_true < 0.5) is
+    labeled "exit". (Not part of ``validate``: a checkpoint trained so still loads.)"""
+    if multi_label:
+        return
+    for t in range(1, num_steps):
+        eps = beta * math.exp(t / 2)
+        if eps >= LN2:
+            raise ConfigError(
+                name,
+                f"β = {beta:g} gives ε_{t} = β·e^{{t/2}} = {eps:.3g} >= ln 2 at step {t}: wrong "
+                f"predictions would be labeled 'exit'. Single-label data with T = {num_steps} "
+                f"needs β < {LN2 / math.exp((num_steps - 1) / 2):.3g} (the paper uses 1e-6..1e-2)",
+            )
 
 
 def _positive(prefix: str, name: str, value: int) -> None:
@@ -427,9 +532,17 @@ def _read_yaml(uri: str) -> dict[str, Any]:
     return data
 
 
+#: Fields earlier versions wrote that no longer exist (dropped when a recorded config is
+#: read back: old checkpoints and runs still load).
+RETIRED_FIELDS = (("train", "operating_point_tolerance"),)
+
+
 def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     """Build and validate a Config from nested plain data plus overrides."""
     merged = apply_overrides(_deep_copy(dict(data)), overrides)
+    for section, name in RETIRED_FIELDS:
+        if isinstance(merged.get(section), dict):
+            merged[section].pop(name, None)
     return _build(Config, merged, "").validate()
 
 

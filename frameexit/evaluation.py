@@ -4,14 +4,16 @@ Input: every step's classifier logits and exit probabilities of N videos (from
 ``FrameExit.step_outputs`` on cached features, or from ``forward``), their targets and the
 cost of one step. Nothing is decoded or trained::
 
-    gate probs [N, T] ──exit rule τ──► exit step e [N]      (frameexit.exits.exit_steps)
+    exit scores [N, T] ──operating point (score, λ_1..λ_T; or the paper's τ)──► exit step e [N]
     logits [N, T, K] ──pick f_e──► answers ──► top-1 / mAP    cost = e × step GFLOPs
                      └──f_T──► w/o exit (all T frames)
     tables: predictions, exit histogram (Fig. 3), exit matrix (Fig. 4), frames per class
             (Fig. 5), accuracy of each f_t, post-hoc threshold sweep
 
 Single-label runs also report mAP (ActivityNet's metric); multi-label runs use mAP as
-their accuracy (HVU).
+their accuracy (HVU). Every Δaccuracy against w/o exit comes with a paired-bootstrap 90 %
+interval (same videos both ways), and the share of videos whose label differs from the
+all-T label (what a disagreement bound controls).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from frameexit.exits import DEFAULT_THRESHOLDS, exit_steps, threshold_sweep
+from frameexit.exits import DEFAULT_THRESHOLDS, exit_scores, exit_steps, threshold_sweep
 from frameexit.flops import StepCost
 from frameexit.metrics import (
     exit_histogram,
@@ -32,6 +34,14 @@ from frameexit.metrics import (
     mean_average_precision,
     per_class_frames,
     top1_accuracy,
+)
+from frameexit.operating_point import (
+    PAPER_THRESHOLD,
+    OperatingPoint,
+    family_curve,
+    label_codes,
+    paper_rule,
+    step_losses,
 )
 
 
@@ -60,27 +70,82 @@ def single_label_map(step_logits: np.ndarray, target: np.ndarray, num_classes: i
     return float(mean_average_precision(scores, torch.as_tensor(hot)))
 
 
+def operating_point_exits(
+    point: OperatingPoint,
+    logits: np.ndarray,
+    gate_probs: np.ndarray,
+    *,
+    multi_label: bool,
+    first_exits: np.ndarray | None = None,
+) -> np.ndarray:
+    """1-based exit step of every video under ``point`` (the paper's rule keeps the
+    official variant's step-1 confidence rule ``first_exits``)."""
+    if point.rule == "paper":
+        return exit_steps(gate_probs, point.thresholds[0], first_step_exits=first_exits)
+    scores = exit_scores(point.score, logits, gate_probs, multi_label=multi_label)
+    return point.exit_steps(scores)
+
+
+def paired_interval(
+    exit_values: np.ndarray,
+    full_values: np.ndarray,
+    *,
+    statistic=None,
+    level: float = 0.9,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Paired-bootstrap ``level`` interval of statistic(exit) − statistic(all T) over
+    the same resampled videos (default statistic: the mean of per-video values)."""
+    n = len(exit_values)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    if statistic is None:
+        d = np.asarray(exit_values, dtype=np.float64) - np.asarray(full_values, dtype=np.float64)
+        for start in range(0, resamples, 100):
+            idx = rng.integers(0, n, size=(min(100, resamples - start), n))
+            diffs.append(d[idx].mean(axis=1))
+        values = np.concatenate(diffs)
+    else:
+        values = np.empty(resamples)
+        for b in range(resamples):
+            idx = rng.integers(0, n, size=n)
+            values[b] = statistic(exit_values[idx]) - statistic(full_values[idx])
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def evaluate_outputs(
     *,
     logits: np.ndarray,
     gate_probs: np.ndarray,
     target: np.ndarray,
     step_cost: StepCost,
-    threshold: float,
+    threshold: float | None = None,
+    operating_point: OperatingPoint | None = None,
     multi_label: bool,
+    multi_label_threshold: float = 0.5,
     first_exits: np.ndarray | None = None,
     thresholds: Sequence[float] | None = None,
     videos: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
 ) -> Evaluation:
-    """FrameExit at exit threshold ``threshold`` vs w/o exit, the exit statistics, and a
-    post-hoc sweep of ``thresholds`` (default :data:`DEFAULT_THRESHOLDS`).
+    """FrameExit at ``operating_point`` (default: the paper's rule at ``threshold``, 0.5
+    when None) vs w/o exit, the exit statistics, and a post-hoc sweep of the paper's τ
+    over ``thresholds`` (default :data:`DEFAULT_THRESHOLDS`).
 
     ``logits [N, T, K]``, ``gate_probs [N, T]``, ``target`` class ids ``[N]`` or multi-hot
     ``[N, K]``, ``first_exits [N]`` the official variant's step-1 rule (or None).
     """
     n, num_steps, num_classes = logits.shape
-    exit_step = exit_steps(gate_probs, threshold, first_step_exits=first_exits)
+    point = operating_point or paper_rule(
+        PAPER_THRESHOLD if threshold is None else threshold, num_steps
+    )
+    exit_step = operating_point_exits(
+        point, logits, gate_probs, multi_label=multi_label, first_exits=first_exits
+    )
     chosen = logits[np.arange(n), exit_step - 1]
     per_step = float(step_cost.total)
     pred = chosen.argmax(-1)
@@ -105,8 +170,28 @@ def evaluate_outputs(
         "gflops_per_step": per_step,
         "backbone_gflops_per_step": float(step_cost.backbone),
         "gflops_saving": float(num_steps / max(mean_steps, 1e-9)),
-        "threshold": float(threshold),
+        "threshold": float(point.thresholds[0]) if point.rule == "paper" else None,
+        "rule": point.rule,
+        "exit_score": point.score,
+        "operating_point": point.describe(),
     }
+    codes = label_codes(logits, multi_label=multi_label, threshold=multi_label_threshold)
+    rows = np.arange(n)
+    metrics["disagreement"] = float((codes[rows, exit_step - 1] != codes[:, -1]).mean())
+    agree_final = codes == codes[:, -1:]
+    metrics["oracle_mean_steps"] = float((agree_final.argmax(axis=1) + 1).mean())
+    metrics["delta_accuracy"] = fe_acc - noexit_acc
+    if multi_label:  # mAP is not a mean over videos: resample (video, step) pairs
+        fe_idx = np.stack([rows, exit_step - 1], 1)
+        interval = paired_interval(
+            fe_idx, np.stack([rows, np.full(n, num_steps - 1)], 1), resamples=200,
+            statistic=lambda pairs: accuracy(
+                logits[pairs[:, 0], pairs[:, 1]], target[pairs[:, 0]], multi_label=True
+            ),
+        )  # fmt: skip
+    else:
+        interval = paired_interval(pred == target, logits[:, -1].argmax(-1) == target)
+    metrics["delta_accuracy_ci90"] = list(interval)
     if not multi_label:  # ActivityNet reports mAP on single-label data: give both
         metrics["mAP"] = single_label_map(chosen, target, num_classes)
         metrics["noexit_mAP"] = single_label_map(logits[:, -1], target, num_classes)
@@ -143,6 +228,7 @@ def evaluate_outputs(
                 ],
             }
         ),
+        "exit_score_steps": _score_steps_table(logits, gate_probs, codes, multi_label),
         "threshold_sweep": threshold_sweep(
             logits,
             gate_probs,
@@ -153,25 +239,40 @@ def evaluate_outputs(
             first_step_exits=first_exits,
         ),
     }
+    if point.family is not None:
+        losses = step_losses(codes, risk="disagreement")
+        scores = exit_scores(point.score, logits, gate_probs, multi_label=multi_label)
+        risks, steps = family_curve(np.asarray(point.family), scores, losses)
+        tables["operating_point_family"] = pd.DataFrame(
+            {"member": np.arange(1, len(risks) + 1), "disagreement": risks,
+             "mean_steps": steps, "gflops": steps * per_step,
+             "chosen": np.arange(1, len(risks) + 1) == point.member}
+        )  # fmt: skip
     return Evaluation(metrics=metrics, exit_matrix=matrix, tables=tables)
 
 
-def choose_threshold(
-    sweep: pd.DataFrame, noexit_accuracy: float, *, tolerance: float = 0.01
-) -> dict[str, float]:
-    """The operating point on a validation sweep: the exit threshold τ with the fewest
-    GFLOPs whose accuracy is within ``tolerance`` of w/o exit (the most accurate τ when
-    none is). Returns ``threshold``, ``accuracy``, ``gflops``, ``mean_steps`` there."""
-    ok = sweep[sweep["accuracy"] >= noexit_accuracy - tolerance - 1e-12]
-    pick = (
-        ok.sort_values(["gflops", "threshold"], kind="stable").iloc[0]
-        if len(ok)
-        else sweep.sort_values(["accuracy", "gflops"], ascending=[False, True]).iloc[0]
-    )
-    return {
-        "threshold": float(pick["threshold"]),
-        "accuracy": float(pick["accuracy"]),
-        "gflops": float(pick["gflops"]),
-        "mean_steps": float(pick["mean_steps"]),
-        "tolerance": float(tolerance),
-    }
+def _score_steps_table(
+    logits: np.ndarray, gate_probs: np.ndarray, codes: np.ndarray, multi_label: bool
+) -> pd.DataFrame:
+    """Per step: how well each exit score predicts "f_t agrees with f_T" (AUROC)."""
+    from frameexit.exits import list_exit_scores
+
+    agree = codes == codes[:, -1:]
+    out: dict[str, Any] = {"step": np.arange(1, logits.shape[1] + 1)}
+    out["agreement"] = agree.mean(axis=0)
+    for name in ("gate", "confidence"):
+        if name not in list_exit_scores():
+            continue
+        scores = exit_scores(name, logits, gate_probs, multi_label=multi_label)
+        out[f"{name}_auroc"] = [_auroc(scores[:, t], agree[:, t]) for t in range(logits.shape[1])]
+    return pd.DataFrame(out)
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney); NaN when one class is absent."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

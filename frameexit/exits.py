@@ -21,7 +21,9 @@ steps). ``exit_steps`` equals ``FrameExit.early_exit`` (tested in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -52,18 +54,23 @@ def exit_probabilities(gate_logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(torch.as_tensor(gate_logits).float())
 
 
-def gate_fires(exit_probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The exit rule: boolean, True where the exit probability reaches τ (p ≥ τ)."""
-    return torch.as_tensor(exit_probs, dtype=torch.float32) >= threshold
+def gate_fires(exit_probs: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+    """The exit rule: boolean, True where the exit score reaches its threshold (s ≥ λ);
+    ``threshold`` is one τ or per-step thresholds broadcast over the last axis."""
+    return torch.as_tensor(exit_probs, dtype=torch.float32) >= torch.as_tensor(
+        threshold, dtype=torch.float32
+    )
 
 
 def exit_steps(
     gate_probs: torch.Tensor | np.ndarray,
-    threshold: float,
+    threshold: float | Sequence[float] | np.ndarray,
     *,
     first_step_exits: torch.Tensor | np.ndarray | None = None,
 ) -> np.ndarray:
-    """1-based exit step per video: the first step whose gate probability is >= τ, else T.
+    """1-based exit step per video: the first step whose exit score (gate probability by
+    default) is >= its threshold, else T. ``threshold``: one τ for every step (the paper's
+    rule) or T per-step thresholds λ_1..λ_T (an operating point; λ_T is never consulted).
 
     :func:`gate_fires` on every step. ``first_step_exits`` ([N] bool) replaces step 1's
     decision where it does not depend on τ (the official variant's confidence rule,
@@ -72,7 +79,10 @@ def exit_steps(
     probs = torch.as_tensor(np.asarray(gate_probs), dtype=torch.float32)
     if probs.ndim != 2:
         raise ValueError(f"gate_probs must be [N, T], got shape {tuple(probs.shape)}")
-    fired = gate_fires(probs, threshold).numpy().copy()
+    limit = np.asarray(threshold, dtype=np.float32)
+    if limit.ndim and limit.shape != (probs.shape[1],):
+        raise ValueError(f"need one threshold or {probs.shape[1]}, got {limit.shape}")
+    fired = gate_fires(probs, torch.from_numpy(limit)).numpy().copy()
     if first_step_exits is not None:
         fired[:, 0] = np.asarray(first_step_exits, dtype=bool)
     fired[:, -1] = True  # the last classifier answers when no gate fired
@@ -145,3 +155,126 @@ def threshold_sweep(
             }
         )
     return pd.DataFrame(rows)
+
+
+# --- exit scores: what a per-step threshold is compared with ---------------------------
+#
+#   gate             σ(g_t(z_{t-1}, z_t)): the paper's learned gate (trained in stage 2)
+#   confidence       f_t's own certainty: max softmax (single-label), or the least certain
+#                    class's max(p, 1 − p) of the per-class sigmoids (multi-label)
+#   gate+confidence  σ(g_t) of a gate that also sees f_t's output statistics
+#                    (model.gate_inputs = features+confidence), trained on the same
+#                    pseudo-labels
+#
+# The authors' step-1 rule (max softmax(f_1) > 0.99) is `confidence` with λ_1 = 0.99.
+
+
+@dataclass(frozen=True)
+class ExitScore:
+    """A registered exit score: ``fn(step_logits [..., K], gate_probs [...], multi_label)``
+    gives a score in [0, 1] per video and step (higher = more ready to exit).
+
+    ``gate_inputs``: what the model's gates must see for the score to exist (None: any
+    gate, or none at all)."""
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor | None, bool], torch.Tensor]
+    uses_gate: bool
+    gate_inputs: str | None = None
+
+
+_EXIT_SCORES: dict[str, ExitScore] = {}
+
+
+def register_exit_score(
+    name: str, *, uses_gate: bool, gate_inputs: str | None = None
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator: register ``fn(step_logits, gate_probs, multi_label) -> scores`` as an
+    exit score called ``name`` (then valid as ``exit.score`` in a config)."""
+
+    def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if name in _EXIT_SCORES:
+            raise ValueError(f"exit score {name!r} is already registered")
+        _EXIT_SCORES[name] = ExitScore(name, fn, uses_gate, gate_inputs)
+        return fn
+
+    return add
+
+
+def list_exit_scores() -> list[str]:
+    """Names of the registered exit scores."""
+    return list(_EXIT_SCORES)
+
+
+def get_exit_score(name: str) -> ExitScore:
+    """The registered exit score ``name`` (ValueError naming the known ones otherwise)."""
+    try:
+        return _EXIT_SCORES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown exit score {name!r}; registered: {', '.join(_EXIT_SCORES)}"
+        ) from None
+
+
+def confidence(step_logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """f_t's certainty from its logits ``[..., K]`` → ``[...]`` in [0, 1]: max softmax, or
+    for multi-label the least certain class's max(σ, 1 − σ) (every class decided)."""
+    logits = torch.as_tensor(step_logits).float()
+    if multi_label:
+        p = torch.sigmoid(logits)
+        return torch.maximum(p, 1 - p).min(dim=-1).values
+    return torch.softmax(logits, dim=-1).max(dim=-1).values
+
+
+#: Output statistics a ``gate+confidence`` gate sees besides (z_{t-1}, z_t).
+CONFIDENCE_STATS = 3
+
+
+def confidence_stats(step_logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """``[..., K]`` logits → ``[..., 3]`` statistics of f_t's output, all in [0, 1]:
+    single-label (max softmax, top-1 − top-2 margin, 1 − normalised entropy);
+    multi-label (least, mean and largest per-class certainty max(σ, 1 − σ))."""
+    logits = step_logits.float()
+    k = logits.shape[-1]
+    if multi_label:
+        p = torch.sigmoid(logits)
+        certainty = torch.maximum(p, 1 - p)
+        return torch.stack(
+            [certainty.min(-1).values, certainty.mean(-1), certainty.max(-1).values], dim=-1
+        )
+    p = torch.softmax(logits, dim=-1)
+    top = p.topk(min(2, k), dim=-1).values
+    margin = top[..., 0] - (top[..., 1] if k > 1 else 0.0)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1) / max(math.log(k), 1e-12)
+    return torch.stack([top[..., 0], margin, 1 - entropy], dim=-1)
+
+
+@register_exit_score("gate", uses_gate=True)
+def _gate_score(logits: torch.Tensor, gate_probs: torch.Tensor | None, multi: bool):
+    if gate_probs is None:
+        raise ValueError("the gate exit score needs the gates' probabilities")
+    return torch.as_tensor(gate_probs).float()
+
+
+@register_exit_score("confidence", uses_gate=False)
+def _confidence_score(logits: torch.Tensor, gate_probs: torch.Tensor | None, multi: bool):
+    return confidence(logits, multi)
+
+
+@register_exit_score("gate+confidence", uses_gate=True, gate_inputs="features+confidence")
+def _gate_confidence_score(logits: torch.Tensor, gate_probs: torch.Tensor | None, multi: bool):
+    return _gate_score(logits, gate_probs, multi)
+
+
+def exit_scores(
+    name: str,
+    step_logits: torch.Tensor | np.ndarray,
+    gate_probs: torch.Tensor | np.ndarray | None,
+    *,
+    multi_label: bool = False,
+) -> np.ndarray:
+    """Exit score ``name`` of every video and step: ``[N, T, K]`` logits and ``[N, T]``
+    gate probabilities → float32 ``[N, T]``."""
+    logits = torch.as_tensor(np.asarray(step_logits, dtype=np.float32))
+    probs = None if gate_probs is None else torch.as_tensor(np.asarray(gate_probs, np.float32))
+    return get_exit_score(name).fn(logits, probs, multi_label).numpy().astype(np.float32)

@@ -116,6 +116,8 @@ class VideoOutcome:
     logits: torch.Tensor | None = None
     error: VideoDecodeError | None = None
     warning: str | None = None  # something odd about the file that did not stop it
+    step_scores: torch.Tensor | None = None  # [T] exit score per step (record_steps)
+    step_logits: torch.Tensor | None = None  # [T, K] f_t's logits per step (record_steps)
 
     @property
     def ok(self) -> bool:
@@ -322,12 +324,18 @@ def label_videos(
     pool: Executor,
     open_reader: Opener | None = None,
     threshold: float | None = None,
+    operating_point: Any = None,
     exit: bool = True,
+    record_steps: bool = False,
     plan: DevicePlan | None = None,
     stats: dict[str, int] | None = None,
 ) -> list[VideoOutcome]:
     """Batched early exit over ``requests``: one :class:`VideoOutcome` per request, in
-    order. ``exit=False`` runs every video for all T steps. ``plan``: the device path
+    order. Exits follow ``operating_point`` (a ``frameexit.operating_point.OperatingPoint``),
+    else the paper's rule at ``threshold``, else the model's default
+    (``FrameExit.default_operating_point``). ``exit=False`` runs every video for all T
+    steps; ``record_steps`` keeps every step's exit score and logits (calibration, with
+    ``exit=False``). ``plan``: the device path
     (default: full precision on the model's device, nothing ahead); the model must be on
     ``plan.device`` (:func:`prepare_model`). ``stats`` (if given) gains
     ``frames_ahead_unused``: frames decoded ahead for steps their videos never reached."""
@@ -344,7 +352,9 @@ def label_videos(
                     source,
                     len(source.running),
                     threshold=cfg.model.exit_threshold if threshold is None else threshold,
+                    operating_point=operating_point,
                     exit=exit,
+                    record_steps=record_steps,
                 )
             scores, logits = result.scores.float().cpu(), result.logits.float().cpu()
             for i, position in enumerate(source.running):
@@ -352,6 +362,9 @@ def label_videos(
                 if outcome.error is None:
                     outcome.exit_step = int(result.exit_step[i])
                     outcome.scores, outcome.logits = scores[i], logits[i]
+                    if record_steps:
+                        outcome.step_scores = result.step_scores[i].float().cpu()
+                        outcome.step_logits = result.step_logits[i].float().cpu()
     finally:
         source.close()
         if stats is not None:

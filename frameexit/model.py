@@ -33,7 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frameexit.config import ModelConfig
-from frameexit.exits import exit_probabilities, gate_fires
+from frameexit.exits import (
+    CONFIDENCE_STATS,
+    confidence_stats,
+    exit_probabilities,
+    gate_fires,
+    get_exit_score,
+)
+from frameexit.operating_point import PAPER_THRESHOLD, OperatingPoint, paper_rule
 from frameexit.pooling import build_pooling
 
 FrameSource = Callable[[int, Tensor], Tensor]
@@ -65,13 +72,17 @@ class ExitResult:
     ``scores [B, K]`` softmax (single-label) or sigmoid (multi-label) of the answering
     classifier f_{exit_step}, ``logits [B, K]`` its logits, ``exit_step [B]`` 1-based, and
     ``frames_used [B]`` the number of steps (frames, or clips for 3D backbones) that went
-    through the backbone — equal to ``exit_step``.
+    through the backbone — equal to ``exit_step``. With ``record_steps``:
+    ``step_scores [B, T]`` (the exit score at every step run, NaN after the exit) and
+    ``step_logits [B, T, K]`` (zeros after the exit).
     """
 
     scores: Tensor
     logits: Tensor
     exit_step: Tensor
     frames_used: Tensor
+    step_scores: Tensor | None = None
+    step_logits: Tensor | None = None
 
 
 def _mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -81,24 +92,43 @@ def _mlp(dim: int, hidden: int) -> nn.Sequential:
 class ExitGate(nn.Module):
     """Paper gate g_t: shared 2-layer MLP h on z_{t-1} and z_t, [h(z_{t-1}), h(z_t)] → 1 logit.
 
-    With ``first=True`` it is g_1: h(z_1) alone → 1 logit.
+    With ``first=True`` it is g_1: h(z_1) alone → 1 logit. With ``multi_label`` set (not
+    None) it is a ``gate+confidence`` gate: f_t's output statistics
+    (:func:`frameexit.exits.confidence_stats`) join the linear layer's input::
+
+        [h(z_{t-1}), h(z_t), stats(f_t(z_t))] ──linear──► exit logit
     """
 
-    def __init__(self, dim: int, hidden: int = 64, *, first: bool = False) -> None:
+    def __init__(
+        self, dim: int, hidden: int = 64, *, first: bool = False, multi_label: bool | None = None
+    ) -> None:
         super().__init__()
         self.first = first
+        self.multi_label = multi_label
+        extra = 0 if multi_label is None else CONFIDENCE_STATS
         self.mlp = _mlp(dim, hidden)
-        self.linear = nn.Linear(hidden if first else 2 * hidden, 1)
+        self.linear = nn.Linear((hidden if first else 2 * hidden) + extra, 1)
+
+    @property
+    def uses_confidence(self) -> bool:
+        return self.multi_label is not None
 
     def forward(
         self, z_t: Tensor, z_prev: Tensor | None = None, *, logits: Tensor | None = None
     ) -> Tensor:
-        """Exit logit ``[B]`` (σ ≥ threshold → exit). ``logits`` is unused (uniform signature)."""
+        """Exit logit ``[B]`` (σ ≥ threshold → exit); ``logits`` (f_t's) only for a
+        ``gate+confidence`` gate."""
         if self.first:
-            return self.linear(self.mlp(z_t)).squeeze(-1)
-        if z_prev is None:
-            raise ValueError("gate g_t with t >= 2 needs z_{t-1}")
-        return self.linear(torch.cat([self.mlp(z_prev), self.mlp(z_t)], dim=-1)).squeeze(-1)
+            parts = [self.mlp(z_t)]
+        else:
+            if z_prev is None:
+                raise ValueError("gate g_t with t >= 2 needs z_{t-1}")
+            parts = [self.mlp(z_prev), self.mlp(z_t)]
+        if self.multi_label is not None:
+            if logits is None:
+                raise ValueError("a gate+confidence gate needs f_t's logits")
+            parts.append(confidence_stats(logits.detach(), self.multi_label).to(z_t.dtype))
+        return self.linear(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
 class OfficialExitGate(nn.Module):
@@ -197,9 +227,12 @@ class FrameExit(nn.Module):
             gates = [ConfidenceGate(cfg.first_step_threshold)]
             gates += [OfficialExitGate(dim, cfg.gate_hidden) for _ in range(steps - 1)]
         else:
-            gates = [ExitGate(dim, cfg.gate_hidden, first=True)]
-            gates += [ExitGate(dim, cfg.gate_hidden) for _ in range(steps - 1)]
+            stats = cfg.multi_label if cfg.gate_inputs == "features+confidence" else None
+            gates = [ExitGate(dim, cfg.gate_hidden, first=True, multi_label=stats)]
+            gates += [ExitGate(dim, cfg.gate_hidden, multi_label=stats) for _ in range(steps - 1)]
         self.gates = nn.ModuleList(gates)
+        # the operating point a checkpoint carried (frameexit.checkpoint sets it)
+        self.operating_point: OperatingPoint | None = None
 
     @property
     def num_steps(self) -> int:
@@ -241,17 +274,33 @@ class FrameExit(nn.Module):
         """All steps for a batch of videos: ``heads(frame_features(frames))``."""
         return self.heads(self.frame_features(frames))
 
+    @property
+    def gates_use_confidence(self) -> bool:
+        """Whether the gates see f_t's output statistics (``gate+confidence``)."""
+        return bool(getattr(self.gates[-1], "uses_confidence", False))
+
     def gate_logits_from_pooled(self, z: Tensor) -> Tensor:
         """Gate logits ``[B, T]`` from pooled features ``z [B, T, D]`` (stage 2 on cached z)."""
-        logits = self._classify(z[:, :1]) if self.cfg.variant == "official" else None
+        if self.gates_use_confidence:
+            with torch.no_grad():
+                logits = self._classify(z)
+        elif self.cfg.variant == "official":
+            logits = self._classify(z[:, :1])
+        else:
+            logits = None
         return self._gate_logits(z, logits)
 
     def _classify(self, z: Tensor) -> Tensor:
         return torch.stack([self.classifiers[t](z[:, t]) for t in range(z.shape[1])], dim=1)
 
     def _gate_logits(self, z: Tensor, logits: Tensor | None) -> Tensor:
-        columns = [self.gates[0](z[:, 0], logits=None if logits is None else logits[:, 0])]
-        columns += [self.gates[t](z[:, t], z[:, t - 1]) for t in range(1, z.shape[1])]
+        def step_logits(t: int) -> Tensor | None:
+            return None if logits is None or t >= logits.shape[1] else logits[:, t]
+
+        columns = [self.gates[0](z[:, 0], logits=step_logits(0))]
+        columns += [
+            self.gates[t](z[:, t], z[:, t - 1], logits=step_logits(t)) for t in range(1, z.shape[1])
+        ]
         return torch.stack([c.to(z.dtype) for c in columns], dim=1)
 
     # --- early exit (inference) -----------------------------------------------------------
@@ -260,13 +309,48 @@ class FrameExit(nn.Module):
         """Class scores: softmax (single-label) or sigmoid (multi-label)."""
         return torch.sigmoid(logits) if self.cfg.multi_label else F.softmax(logits, dim=-1)
 
-    def exit_decision(
-        self, t: int, z_t: Tensor, z_prev: Tensor | None, logits_t: Tensor, threshold: float
+    def default_operating_point(self) -> OperatingPoint:
+        """What decides exits when a caller names nothing: ``model.exit_threshold`` when
+        set (the paper's rule), else the operating point the checkpoint carried, else the
+        paper's rule at τ = 0.5."""
+        if self.cfg.exit_threshold is not None:
+            return paper_rule(self.cfg.exit_threshold, self.num_steps)
+        if self.operating_point is not None:
+            return self.operating_point
+        return paper_rule(PAPER_THRESHOLD, self.num_steps)
+
+    def exit_score(
+        self, t: int, z_t: Tensor, z_prev: Tensor | None, logits_t: Tensor, score: str
     ) -> Tensor:
-        """Boolean ``[B]``: does gate g_{t+1} (0-based ``t``) fire for each video?"""
-        if t == 0 and isinstance(self.gates[0], ConfidenceGate):
+        """Exit score ``[B]`` (in [0, 1]) at 0-based step ``t`` for each video."""
+        spec = get_exit_score(score)
+        if spec.gate_inputs is not None and spec.gate_inputs != self.cfg.gate_inputs:
+            raise ValueError(
+                f"exit score {score!r} needs gates with inputs {spec.gate_inputs}; this "
+                f"model's gates see {self.cfg.gate_inputs}"
+            )
+        probs = None
+        if spec.uses_gate:
+            probs = exit_probabilities(self.gates[t](z_t, z_prev, logits=logits_t))
+        return spec.fn(logits_t.unsqueeze(1), None if probs is None else probs.unsqueeze(1),
+                       self.cfg.multi_label).squeeze(1)  # fmt: skip
+
+    def exit_decision(
+        self,
+        t: int,
+        z_t: Tensor,
+        z_prev: Tensor | None,
+        logits_t: Tensor,
+        point: OperatingPoint | float,
+    ) -> Tensor:
+        """Boolean ``[B]``: does the exit score reach its threshold at 0-based step ``t``?
+        A float is the paper's rule at that τ."""
+        if not isinstance(point, OperatingPoint):
+            point = paper_rule(float(point), self.num_steps)
+        if t == 0 and point.score == "gate" and isinstance(self.gates[0], ConfidenceGate):
             return self.gates[0].exits(logits_t)
-        return gate_fires(exit_probabilities(self.gates[t](z_t, z_prev)), threshold)
+        score = self.exit_score(t, z_t, z_prev, logits_t, point.score)
+        return gate_fires(score, point.thresholds[t])
 
     @torch.no_grad()
     def step_outputs(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -291,28 +375,39 @@ class FrameExit(nn.Module):
         batch_size: int,
         *,
         threshold: float | None = None,
+        operating_point: OperatingPoint | None = None,
         max_steps: int | None = None,
         exit: bool = True,
+        record_steps: bool = False,
     ) -> ExitResult:
         """Batched early-exit inference with compaction (runs in eval mode, no grad).
 
         At step t (0-based) calls ``frame_source(t, active)`` where ``active`` is a CPU
         LongTensor of the original batch positions still running; it must return their
         frames ``[len(active), 3, S, S]`` (or clips). A video exits at the first step whose
-        gate probability is ≥ ``threshold`` (default ``cfg.exit_threshold``; official step 1:
-        top softmax > ``cfg.first_step_threshold``) and f_t answers; otherwise f_T answers
-        (or f_{max_steps}). ``exit=False`` runs every video for all steps (no gates).
-        Exited videos leave the batch and are never asked for again.
+        exit score reaches its threshold and f_t answers; otherwise f_T answers (or
+        f_{max_steps}). The rule: ``operating_point``, else the paper's rule at
+        ``threshold``, else :meth:`default_operating_point` (official step 1 under the
+        paper's rule: top softmax > ``cfg.first_step_threshold``). ``exit=False`` runs
+        every video for all steps. Exited videos leave the batch and are never asked for
+        again. ``record_steps``: also every step's exit score and logits (calibration).
         """
         steps = self.num_steps if max_steps is None else max_steps
         if not 1 <= steps <= self.num_steps:
             raise ValueError(f"max_steps must be in 1..{self.num_steps}, got {max_steps}")
-        threshold = self.cfg.exit_threshold if threshold is None else threshold
+        if operating_point is None:
+            operating_point = (
+                paper_rule(threshold, self.num_steps)
+                if threshold is not None
+                else self.default_operating_point()
+            )
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
         try:
-            return self._early_exit(frame_source, batch_size, threshold, steps, exit, device)
+            return self._early_exit(
+                frame_source, batch_size, operating_point, steps, exit, device, record_steps
+            )
         finally:
             self.train(was_training)
 
@@ -320,14 +415,19 @@ class FrameExit(nn.Module):
         self,
         frame_source: FrameSource,
         batch_size: int,
-        threshold: float,
+        point: OperatingPoint,
         steps: int,
         use_gates: bool,
         device: torch.device,
+        record_steps: bool,
     ) -> ExitResult:
         num_classes = self.cfg.num_classes
         out_logits = torch.zeros(batch_size, num_classes, device=device)
         exit_step = torch.zeros(batch_size, dtype=torch.long, device=device)
+        step_scores = step_logits = None
+        if record_steps:
+            step_scores = torch.full((batch_size, self.num_steps), math.nan, device=device)
+            step_logits = torch.zeros(batch_size, self.num_steps, num_classes, device=device)
         active = torch.arange(batch_size)  # original positions, CPU (for the frame source)
         state = self.pooling.init_state(batch_size, device)
         z_prev: Tensor | None = None
@@ -341,10 +441,15 @@ class FrameExit(nn.Module):
             features = self.backbone(frames.to(device))
             z_t, state = self.pooling.step(state, features)
             logits_t = self.classifiers[t](z_t)
+            if record_steps:
+                rows_now = active.to(device)
+                score = self.exit_score(t, z_t, z_prev, logits_t, point.score)
+                step_scores[rows_now, t] = score.float()
+                step_logits[rows_now, t] = logits_t.float()
             if t == steps - 1:
                 done = torch.ones(active.numel(), dtype=torch.bool, device=device)
             elif use_gates:
-                done = self.exit_decision(t, z_t, z_prev, logits_t, threshold)
+                done = self.exit_decision(t, z_t, z_prev, logits_t, point)
             else:
                 done = torch.zeros(active.numel(), dtype=torch.bool, device=device)
             if bool(done.any()):
@@ -363,6 +468,8 @@ class FrameExit(nn.Module):
             logits=out_logits,
             exit_step=exit_step,
             frames_used=exit_step.clone(),
+            step_scores=step_scores,
+            step_logits=step_logits,
         )
 
 

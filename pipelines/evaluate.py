@@ -25,6 +25,7 @@ import pyarrow as pa
 import torch
 
 from frameexit.config import Config
+from frameexit.operating_point import OperatingPoint, paper_rule
 from frameexit.storage import options_for, pyarrow_filesystem
 from pipelines.common import RunPaths
 
@@ -104,13 +105,15 @@ def evaluate(
     *,
     split: str | None = None,
     threshold: float | None = None,
+    operating_point: OperatingPoint | None = None,
     thresholds: Sequence[float] | None = None,
     out: str | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``model_uri`` on ``cache[split]`` (default ``data.val_split``) at exit
-    threshold ``threshold`` (default ``model.exit_threshold``), sweep ``thresholds`` post
-    hoc, write everything to ``out`` (default ``{run}/eval``) and return the metrics.
+    """Evaluate ``model_uri`` on ``cache[split]`` (default ``data.val_split``) at
+    ``operating_point`` (else the paper's rule at ``threshold``, else the checkpoint's own
+    rule: ``FrameExit.default_operating_point``), sweep the paper's τ over ``thresholds``
+    post hoc, write everything to ``out`` (default ``{run}/eval``), return the metrics.
 
     Returned keys include ``accuracy`` (= ``top1``, or ``mAP`` when ``multi_label``;
     single-label runs also get ``mAP``, the ActivityNet metric), ``gflops``,
@@ -129,15 +132,16 @@ def evaluate(
         model_uri, storage_options=options_for(model_uri, options) or None
     )
     m = model_cfg.model
-    tau = m.exit_threshold if threshold is None else float(threshold)
+    point = _point(model, threshold, operating_point)
     data = read_cache_outputs(model, cache_uri, options_for(cache_uri, options))
     result = evaluate_outputs(
         logits=data["logits"],
         gate_probs=data["gate_probs"],
         target=data["target"],
         step_cost=step_gflops(model, m.image_size),
-        threshold=tau,
+        operating_point=point,
         multi_label=m.multi_label,
+        multi_label_threshold=cfg.label.multi_label_threshold,
         first_exits=data["first_exits"],
         thresholds=thresholds,
         videos=data["video"],
@@ -164,6 +168,44 @@ def evaluate(
     return metrics
 
 
+def calibrate_on_cache(
+    cfg: Config, model_uri: str, cache: dict[str, str], *, shape_split: str, split: str
+) -> OperatingPoint:
+    """The operating point of ``exit.*``: its threshold family fitted on the cached
+    ``shape_split`` (training videos), Learn-then-Test on the cached ``split`` (held out)."""
+    from frameexit.checkpoint import load_model_checkpoint
+    from frameexit.operating_point import choose_operating_point
+
+    options = cfg.data.storage_options
+    model, model_cfg = load_model_checkpoint(
+        model_uri, storage_options=options_for(model_uri, options) or None
+    )
+    shape = read_cache_outputs(model, cache[shape_split], options_for(cache[shape_split], options))
+    held = read_cache_outputs(model, cache[split], options_for(cache[split], options))
+    risk, bound = cfg.exit.risk
+    point = choose_operating_point(
+        score=cfg.exit.score_or(), risk=risk, bound=bound, delta=cfg.exit.delta,
+        family_size=cfg.exit.family_size, shape=shape, calibration=held,
+        multi_label=model_cfg.model.multi_label,
+        multi_label_threshold=cfg.label.multi_label_threshold,
+        calibrated_on=f"split {split!r} (family fitted on {shape_split!r})",
+    )  # fmt: skip
+    (log.warning if point.fallback else log.info)("operating point: %s", point.describe())
+    return point
+
+
+def _point(
+    model: torch.nn.Module, threshold: float | None, point: OperatingPoint | None
+) -> OperatingPoint:
+    """The rule an evaluation uses: ``point``, else the paper's at ``threshold``, else the
+    model's default (its ``model.exit_threshold``, its checkpoint's operating point, τ=0.5)."""
+    if point is not None:
+        return point
+    if threshold is not None:
+        return paper_rule(float(threshold), model.num_steps)
+    return model.default_operating_point()
+
+
 def _class_names(cfg: Config) -> list[str]:
     """The class map beside the training manifest (cosmetic: indices when unavailable)."""
     try:
@@ -188,7 +230,9 @@ def evaluate_checkpoint(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Decode ``split`` of ``data.manifest`` and evaluate the checkpoint ``model_uri`` on it
-    with ``views`` spatial crops per video (no feature cache needed); writes ``out``.
+    with ``views`` spatial crops per video (no feature cache needed); writes ``out``. Exits
+    follow the checkpoint's operating point unless ``threshold`` (the paper's rule) or
+    ``model.exit_threshold`` says otherwise.
 
     Protocol. ``views=1`` is the paper's: one centre crop, the policy's T frames over the
     whole video (or segment). ``views=V`` (V = 3: left/centre/right along the longer side)
@@ -211,7 +255,10 @@ def evaluate_checkpoint(
     ensure_ray(cfg)
     options = options_for(model_uri, cfg.data.storage_options)
     _, model_cfg, _ = read_model_checkpoint(model_uri, storage_options=options or None)
+    asked = cfg.model.exit_threshold  # model.exit_threshold=τ on the command line
     cfg.model = model_cfg.model  # the checkpoint decides what the model sees
+    if asked is not None:
+        cfg.model.exit_threshold = asked
     ds = video_dataset(cfg, split, train=False, views=views).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs={
@@ -249,15 +296,19 @@ def evaluate_checkpoint(
         first = np.mean([f["first_exits"].to_numpy(dtype=float) for f in per_view], 0) >= 0.5
     target = per_view[0]["target"]
     target = np.stack(target.map(np.asarray)) if m.multi_label else target.to_numpy()
-    cost = step_gflops(model_from(model_uri, options), m.image_size)
+    model = model_from(model_uri, options)
+    model.cfg.exit_threshold = cfg.model.exit_threshold
+    point = _point(model, threshold, None)
+    cost = step_gflops(model, m.image_size)
     view_cost = StepCost(*(views * value for value in dataclasses.astuple(cost)))
     result = evaluate_outputs(
         logits=combined,
         gate_probs=probs.reshape(views, -1, m.num_steps).mean(0),
         target=target,
         step_cost=view_cost,
-        threshold=m.exit_threshold if threshold is None else float(threshold),
+        operating_point=point,
         multi_label=m.multi_label,
+        multi_label_threshold=cfg.label.multi_label_threshold,
         first_exits=first,
         videos=per_view[0]["video"].tolist(),
         class_names=_class_names(cfg),
@@ -308,7 +359,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", help="YAML config (data.*: manifest, storage options)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--views", type=int, default=1, help="spatial crops per video")
-    parser.add_argument("--threshold", type=float, help="exit threshold (model.exit_threshold)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="the paper's rule at this τ (gate probability >= τ at every step) instead of "
+        "the checkpoint's operating point",
+    )
     parser.add_argument("--output", help="output folder (default: beside the checkpoint)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)

@@ -22,11 +22,20 @@ object storage; credentials from the environment or ``data.storage_options``)::
         --checkpoint s3://BUCKET/runs/anet/checkpoints/stage2.pt \\
         label.concurrency=16 label.gpus_per_actor=1 label.cpus_per_actor=6 label.batch_size=64
 
+Calibrated on the corpus itself (a uniform random sample of 200 inputs labeled with all
+T first, then the rest at thresholds that keep labels that differ from all T under 5 %
+with probability 0.9)::
+
+    python pipelines/label.py --input s3://B/new-source/ --output s3://B/labels/new \
+        --checkpoint runs/synthetic/checkpoints/stage2.pt --calibrate 200 --max-disagreement 0.05
+
 ``--input`` is a manifest (ActivityNet JSON, Kinetics/HVU CSV, a plain CSV with a
 ``video`` column, Parquet) or a directory/prefix whose files are listed. Without
 ``--checkpoint`` a randomly initialised model of the config labels (with a warning).
-``--no-exit`` runs all T frames; ``--threshold`` sets the exit threshold: label the same
-corpus both ways into two outputs to compare. After a run the output holds exactly one
+Exits follow the checkpoint's operating point (chosen on held-out data when it was
+trained, with its guarantee); ``--calibrate N`` chooses one on this corpus instead;
+``--no-exit`` runs all T frames; ``--threshold`` is the paper's rule at that τ (gate
+probability ≥ τ at every step, no guarantee). After a run the output holds exactly one
 row per entry of the current input: rerunning after an interruption labels only what has
 no committed row, rows of retryable errors (timeout, access_denied, throttled,
 unavailable) are labeled again (``label.retry=false`` keeps them), and rows of entries
@@ -56,7 +65,7 @@ log = logging.getLogger("frameexit.label")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog=config_help(["label", "data"])
+        epilog=config_help(["label", "exit", "data"])
         + "\n  model.exit_threshold, model.first_step_threshold, model.policy (with --checkpoint)"
         + "\nexit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/config, "
         "3 runtime failure",
@@ -70,7 +79,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--classes", help="classes.json naming the model's outputs")
     parser.add_argument("--no-exit", action="store_true", help="use all T frames (no early exit)")
-    parser.add_argument("--threshold", type=float, help="exit threshold (model.exit_threshold)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="the paper's rule at this τ instead of the checkpoint's operating point "
+        "(model.exit_threshold)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        type=int,
+        metavar="N",
+        help="label a uniform random sample of N inputs with all T steps first and choose "
+        "the exit thresholds on it (label.calibration_videos)",
+    )
+    parser.add_argument(
+        "--max-disagreement",
+        type=float,
+        metavar="EPS",
+        help="with --calibrate: at most this share of labels may differ from all T, with "
+        "probability 1 - exit.delta (exit.max_disagreement; default 0.05)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="clear the output first")
     parser.add_argument(
         "--append",
@@ -95,6 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.append("label.early_exit=false")
     if args.threshold is not None:
         overrides.append(f"model.exit_threshold={args.threshold}")
+    if args.calibrate is not None:
+        overrides.append(f"label.calibration_videos={args.calibrate}")
+    if args.max_disagreement is not None:
+        overrides.append(f"exit.max_disagreement={args.max_disagreement}")
     summary = _run(args, overrides)
     print(format_summary(summary), flush=True)
     return summary

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,28 +57,48 @@ def write_evaluation(
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """The end-of-run table: w/o exit and FrameExit per split, the operating point chosen
-    on validation, and how many videos each number rests on."""
+    """The end-of-run table: w/o exit, the paper's rule and the operating point per split,
+    with Δ against w/o exit and its paired-bootstrap 90 % interval, the share of labels
+    that differ from all T, and how many videos each number rests on."""
     metric = metrics["metric"]
-    rows = [("", "split", "videos", metric, "frames", "GFLOPs", "vs w/o exit")]
+    rows = [
+        ("", "split", "videos", metric, f"Δ{metric} [90% CI]", "differs", "frames", "GFLOPs",
+         "vs w/o exit")
+    ]  # fmt: skip
 
     def add(name: str, m: Mapping[str, Any], frameexit: bool) -> None:
         acc = m["accuracy"] if frameexit else m["noexit_accuracy"]
         frames = m["mean_frames"] if frameexit else m["noexit_frames"]
         gflops = m["gflops"] if frameexit else m["noexit_gflops"]
         saving = f"{m['noexit_gflops'] / gflops:.2f}x fewer" if frameexit and gflops else ""
+        delta = differs = ""
+        if frameexit and "delta_accuracy" in m:
+            low, high = m.get("delta_accuracy_ci90") or (math.nan, math.nan)
+            delta = f"{100 * m['delta_accuracy']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+            differs = f"{100 * m['disagreement']:.1f}%"
         rows.append(
-            (name, m["split"], str(m["num_videos"]), f"{100 * acc:.1f}", f"{frames:.2f}",
-             f"{gflops:.4g}", saving)
+            (name, m["split"], str(m["num_videos"]), f"{100 * acc:.1f}", delta, differs,
+             f"{frames:.2f}", f"{gflops:.4g}", saving)
         )  # fmt: skip
 
     point = metrics.get("operating_point")
+    label = "FrameExit (operating point)"
+    if point is not None:
+        label = f"FrameExit ({point['score']}, {point['risk']} <= {point['bound']:g})"
+
+    def paper_label(m: Mapping[str, Any]) -> str:
+        return f"FrameExit (paper: β={m['beta']:g}, τ={m['threshold']:g})"
+
     add("w/o exit", metrics, False)
-    add(f"FrameExit (β={metrics['beta']:g}, τ={metrics['threshold']:g})", metrics, True)
+    if "paper" in metrics:
+        add(paper_label(metrics["paper"]), metrics["paper"], True)
+    add(label + (", calibrated here" if point is not None else ""), metrics, True)
     test = metrics.get("test")
     if test is not None:
         add("w/o exit", test, False)
-        add(f"FrameExit (β={test['beta']:g}, τ={test['threshold']:g}, chosen on val)", test, True)
+        if "test_paper" in metrics:
+            add(paper_label(metrics["test_paper"]), metrics["test_paper"], True)
+        add(label + (", chosen on val" if point is not None else ""), test, True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
@@ -88,12 +109,13 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     ]
     notes = []
     if point is not None:
-        notes.append(
-            f"operating point chosen on {point['chosen_on']}: τ={point['threshold']:g}, the "
-            f"cheapest exit threshold within {100 * point['tolerance']:.1f} points of w/o exit"
-        )
+        notes.append(f"operating point: {point['description']}")
     if test is None:
         notes.append("no test split in the manifest: the numbers are on validation only")
+    notes.append(
+        "differs: share of videos whose label differs from their all-T label; Δ interval: "
+        "paired bootstrap over the same videos"
+    )
     return "\n" + "\n".join(lines) + "".join(f"\n({n})" for n in notes)
 
 

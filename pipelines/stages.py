@@ -24,8 +24,6 @@ import os
 import time
 from typing import Any
 
-import pandas as pd
-
 from frameexit.config import Config, config_from_dict, config_to_dict
 from frameexit.errors import ConfigError
 from frameexit.storage import (
@@ -391,7 +389,7 @@ RESUMABLE_FIELDS = (
     "train.val_every",
     "train.tracking",
     "train.mlflow_uri",
-    "train.operating_point_tolerance",
+    "exit",
     "data.decode_concurrency",
     "data.decode_timeout_s",
     "data.decode_fetch",
@@ -461,18 +459,24 @@ def _test_split(cfg: Config) -> str | None:
 
 
 def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
-    """Stage 1 → feature cache → stage 2 → evaluation on validation, where the operating
-    point (exit threshold) is chosen, → evaluation on test at that point. ``resume`` skips
-    finished stages and continues an interrupted one from its last checkpoint, after
-    checking the config did not change what the run is (:func:`check_resume`); without it
-    the run directory must not exist yet.
+    """Stage 1 → feature cache → stage 2 → the operating point (``exit.*``: its threshold
+    family fitted on the training split, Learn-then-Test on validation; stored in
+    ``stage2.pt``) → evaluation on validation and test at it, next to the paper's rule.
+    ``resume`` skips finished stages and continues an interrupted one from its last
+    checkpoint, after checking the config did not change what the run is
+    (:func:`check_resume`); without it the run directory must not exist yet.
 
-    Returns the validation metrics (keys of :func:`pipelines.evaluate.evaluate`) with
-    ``operating_point`` and, if the manifest has a test split, ``test`` (the test metrics
-    at the chosen threshold)."""
-    from frameexit.evaluation import choose_threshold
+    Returns the validation metrics at the operating point (keys of
+    :func:`pipelines.evaluate.evaluate`) with ``operating_point`` (its summary),
+    ``paper`` (validation at the paper's rule) and, if the manifest has a test split,
+    ``test`` and ``test_paper``."""
+    from frameexit.checkpoint import store_operating_point
+    from frameexit.config import check_beta
+    from frameexit.operating_point import PAPER_THRESHOLD, summary
+    from pipelines.evaluate import calibrate_on_cache
 
     paths = RunPaths(cfg)
+    check_beta(cfg.train.beta, cfg.model.num_steps, multi_label=cfg.model.multi_label)
     if not resume and _non_empty(paths.root, paths.options):
         raise ConfigError(
             "train.name", f"run {paths.root} already exists; resume it or choose another name"
@@ -501,22 +505,24 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         stage2 = run_stage2(cfg, stage1, cache)
     else:
         log.info("stage 2: reusing %s", stage2)
-    metrics = evaluate(cfg, stage2, cache)  # validation, at model.exit_threshold
-    sweep = pd.read_parquet(
-        join_uri(paths.eval, "threshold_sweep.parquet"), storage_options=paths.options or None
+    point = calibrate_on_cache(
+        cfg, stage2, cache, shape_split=cfg.data.train_split, split=cfg.data.val_split
     )
-    point = choose_threshold(
-        sweep, metrics["noexit_accuracy"], tolerance=cfg.train.operating_point_tolerance
+    store_operating_point(stage2, point, storage_options=paths.options)
+    tau = PAPER_THRESHOLD if cfg.model.exit_threshold is None else cfg.model.exit_threshold
+    metrics = evaluate(cfg, stage2, cache, operating_point=point)
+    metrics["operating_point"] = summary(point, metrics["gflops_per_step"])
+    metrics["paper"] = evaluate(
+        cfg, stage2, cache, threshold=tau, out=paths("eval", "paper"), plots=False
     )
-    metrics["operating_point"] = {
-        "beta": float(cfg.train.beta),
-        "chosen_on": cfg.data.val_split,
-        **point,
-    }
     if test:
         metrics["test"] = evaluate(
-            cfg, stage2, cache, split=test, threshold=point["threshold"], out=paths("eval", test)
+            cfg, stage2, cache, split=test, operating_point=point, out=paths("eval", test)
         )
+        metrics["test_paper"] = evaluate(
+            cfg, stage2, cache, split=test, threshold=tau, out=paths("eval", f"{test}-paper"),
+            plots=False,
+        )  # fmt: skip
     _track_results(cfg, metrics)
     skipped = _finish_skipped(cfg)
     metrics["skipped_videos"] = int(len(skipped))
@@ -542,7 +548,11 @@ def _track_results(cfg: Config, metrics: dict[str, Any]) -> None:
     )  # fmt: skip
     try:
         tracker.log(f"eval/{metrics['split']}", metrics, step=0)
-        tracker.log("eval/operating_point", metrics["operating_point"], step=0)
+        tracker.log(
+            "eval/operating_point",
+            {k: v for k, v in metrics["operating_point"].items() if isinstance(v, int | float)},
+            step=0,
+        )
         if "test" in metrics:
             tracker.log(f"eval/{metrics['test']['split']}", metrics["test"], step=0)
     except Exception as error:  # noqa: BLE001 - tracking never fails a run

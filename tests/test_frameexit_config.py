@@ -14,7 +14,10 @@ def test_defaults_follow_the_paper() -> None:
     assert cfg.model.num_steps == 10
     assert cfg.model.pooling == "max"
     assert cfg.model.gate_hidden == 64
-    assert cfg.model.exit_threshold == 0.5
+    assert cfg.model.exit_threshold is None  # the operating point decides; else paper's τ
+    from frameexit.operating_point import PAPER_THRESHOLD
+
+    assert PAPER_THRESHOLD == 0.5
     assert cfg.train.stage1.epochs == 35 and cfg.train.stage1.milestones == [16, 30]
     assert cfg.train.stage2.epochs == 10 and cfg.train.stage2.milestones == [5, 8]
     assert cfg.train.stage1.lr == pytest.approx(1e-4)

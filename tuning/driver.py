@@ -38,6 +38,7 @@ from typing import Any
 import pandas as pd
 
 from frameexit.config import Config, config_to_dict
+from frameexit.operating_point import paper_threshold
 from frameexit.storage import (
     absolute_uri,
     join_uri,
@@ -270,7 +271,7 @@ def _points_table(
             "backbone": unit["backbone"],
             "num_steps": unit["num_steps"],
             "beta": float(result.config["beta"]),
-            "threshold": float(cfg.model.exit_threshold),
+            "threshold": paper_threshold(cfg.model),
             "accuracy": metrics.get("accuracy", math.nan),
             "metric": metrics.get("metric", "mAP" if cfg.model.multi_label else "top1"),
             "gflops": metrics.get("gflops", math.nan),

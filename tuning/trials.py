@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from frameexit.config import Config, config_from_dict
+from frameexit.operating_point import paper_threshold
 from pipelines import stages
 from pipelines.common import RunPaths
 from pipelines.data import load_split
@@ -133,7 +134,7 @@ def stage2_trial(
         record = {
             **_unit_fields(unit),
             "beta": beta,
-            "threshold": float(cfg.model.exit_threshold),
+            "threshold": paper_threshold(cfg.model),
             **objectives(metrics, multi_label=cfg.model.multi_label),
             "noexit_accuracy": float(metrics["noexit_accuracy"]),
             **{f"test_{k}": v for k, v in test_objectives.items() if k != "metric"},

@@ -59,11 +59,14 @@ class VideoLabeler:
         backend: str | None = None,
         ledger: str | None = None,
         poison: str | None = None,
+        operating_point: dict[str, Any] | None = None,
+        calibration: bool = False,
     ) -> None:
         import torch
 
         from frameexit.checkpoint import model_from_state
         from frameexit.config import config_from_dict
+        from frameexit.operating_point import OperatingPoint
 
         if isinstance(weights, list) or isinstance(cfg, list):  # [ObjectRef]s: a bare ref
             import ray  # would not reach us as-is
@@ -96,6 +99,10 @@ class VideoLabeler:
                 ray.get(self.ledger.register_labeler.remote(actor_id, context.current_actor))
         self.poison = poison
         self._open = reader_opener(self.cfg)
+        # the rule the driver resolved (None: all T); calibration rows run all T steps
+        # and keep every step's exit score and labels
+        self.point = OperatingPoint.from_dict(operating_point) if operating_point else None
+        self.calibration = calibration
 
     def _open_reader(self, uri: str) -> Any:
         if self.poison and self.poison in uri:
@@ -131,7 +138,9 @@ class VideoLabeler:
             self.cfg,
             pool=self.pool,
             open_reader=self._open_reader,
-            exit=self.cfg.label.early_exit,
+            operating_point=self.point,
+            exit=self.cfg.label.early_exit and not self.calibration and self.point is not None,
+            record_steps=self.calibration,
             plan=self.plan,
         )
         return rows_to_table([self._output(r, o) for r, o in zip(rows, outcomes, strict=True)])
@@ -176,7 +185,9 @@ class VideoLabeler:
         if not outcome.ok:
             error = outcome.error or VideoDecodeError(outcome.uri, "unreadable", "no answer")
             message = scrub(str(error), self.cfg.data.storage_options)
-            return output_row(**base, status=error.kind, error=message)
+            return output_row(
+                **base, status=error.kind, error=message, calibration=self.calibration
+            )
         ids, values = select_labels(
             outcome.scores,
             multi_label=self.cfg.model.multi_label,
@@ -184,8 +195,24 @@ class VideoLabeler:
             threshold=self.cfg.label.multi_label_threshold,
         )
         names = [self._name(i) for i in ids]
+        steps: dict[str, Any] = {}
+        if self.calibration and outcome.step_scores is not None:
+            steps = dict(
+                calibration=True,
+                step_scores=[float(v) for v in outcome.step_scores.tolist()],
+                step_labels=[
+                    select_labels(
+                        self.model.scores_from_logits(logits.unsqueeze(0))[0],
+                        multi_label=self.cfg.model.multi_label,
+                        top_k=1,
+                        threshold=self.cfg.label.multi_label_threshold,
+                    )[0]
+                    for logits in outcome.step_logits
+                ],
+            )
         return output_row(
             **base,
+            **steps,
             status=STATUS_OK,
             label=names[0] if names else None,
             labels=names,

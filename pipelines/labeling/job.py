@@ -12,6 +12,12 @@ from typing import Any
 
 from frameexit.config import Config, config_from_dict, config_to_dict, load_config
 from frameexit.errors import ConfigError
+from frameexit.operating_point import (
+    PAPER_THRESHOLD,
+    OperatingPoint,
+    constant_family,
+    paper_rule,
+)
 from frameexit.storage import (
     absolute_uri,
     exists,
@@ -23,7 +29,7 @@ from frameexit.storage import (
 )
 from pipelines.labeling.inputs import LabelInputs, read_inputs
 from pipelines.labeling.parts import clear_output, list_parts
-from pipelines.labeling.schema import CONFIG_NAME, FINGERPRINT_NAME, ID_SCHEME
+from pipelines.labeling.schema import CONFIG_NAME, FINGERPRINT_NAME, ID_SCHEME, OUTPUT_VERSION
 
 log = logging.getLogger("frameexit.pipelines.label")
 
@@ -43,14 +49,54 @@ class LabelJob:
     step_gflops: float
     class_names: list[str]
     fingerprint: dict[str, Any]
+    # the exit rule (None: all T steps); in calibration mode, set once calibrated
+    operating_point: OperatingPoint | None = None
+    # calibration mode (label.calibration_videos > 0): what to calibrate
+    calibration: dict[str, Any] | None = None
+    family: Any = None  # [m, T] threshold family walked by the calibration
+
+
+def resolve_operating_point(
+    cfg: Config, stored: OperatingPoint | None, num_steps: int
+) -> OperatingPoint | None:
+    """The exit rule of a labeling run without calibration: None with
+    ``label.early_exit=false`` (all T); the paper's rule when ``model.exit_threshold`` is
+    set (``--threshold``); else the checkpoint's operating point; else the paper's rule at
+    τ = 0.5, with a warning that nothing bounds what early exit costs."""
+    if not cfg.label.early_exit:
+        return None
+    if cfg.model.exit_threshold is not None:
+        return paper_rule(cfg.model.exit_threshold, num_steps)
+    if stored is not None:
+        return stored
+    log.warning(
+        "the model carries no operating point: exiting by the paper's rule (gate probability "
+        ">= %g); nothing bounds how many labels differ from all T steps. Calibrate on this "
+        "corpus with --calibrate N --max-disagreement EPS",
+        PAPER_THRESHOLD,
+    )
+    return paper_rule(PAPER_THRESHOLD, num_steps)
+
+
+def calibration_family(cfg: Config, stored: OperatingPoint | None, num_steps: int):
+    """The score and threshold family a corpus calibration walks: the checkpoint's own
+    (fitted on its training videos) when its score is the one asked for, else the
+    shape-free constant family."""
+    import numpy as np
+
+    score = cfg.exit.score_or(stored.score if stored is not None else None)
+    if stored is not None and stored.family and stored.score == score:
+        return score, np.asarray(stored.family, dtype=np.float64)
+    size = cfg.exit.family_size
+    return score, constant_family(size, num_steps)
 
 
 def resolve_config(
     checkpoint: str | None,
     config_file: str | None = None,
     overrides: Sequence[str] = (),
-) -> tuple[Config, dict[str, Any] | None]:
-    """The run's config and, with a checkpoint, its weights.
+) -> tuple[Config, dict[str, Any] | None, OperatingPoint | None]:
+    """The run's config and, with a checkpoint, its weights and operating point.
 
     Without a checkpoint: defaults ← ``config_file`` ← ``overrides`` (the model is random).
     With one: the model section is the checkpoint's; command-line overrides may change
@@ -58,8 +104,8 @@ def resolve_config(
     everything else (label, data) comes from ``config_file`` and the overrides.
     """
     if checkpoint is None:
-        return load_config(config_file, overrides), None
-    from frameexit.checkpoint import read_model_checkpoint
+        return load_config(config_file, overrides), None, None
+    from frameexit.checkpoint import operating_point_of, read_model_checkpoint
 
     model_overrides = [o for o in overrides if o.lstrip("-").startswith("model.")]
     for text in model_overrides:
@@ -73,13 +119,14 @@ def resolve_config(
             )
     cfg = load_config(config_file, [o for o in overrides if o not in model_overrides])
     options = options_for(checkpoint, cfg.data.storage_options)
-    state, ckpt_cfg, _ = read_model_checkpoint(checkpoint, storage_options=options or None)
+    state, ckpt_cfg, extra = read_model_checkpoint(checkpoint, storage_options=options or None)
     merged = config_to_dict(cfg)
     merged["model"] = config_to_dict(ckpt_cfg)["model"]
     merged["model"]["pretrained"] = None  # the checkpoint holds the weights
     # the training manifest, whose classes.json names the model's outputs
     merged["data"]["manifest"] = cfg.data.manifest or ckpt_cfg.data.manifest
-    return config_from_dict(merged, model_overrides), state
+    point = operating_point_of(extra, source=checkpoint)
+    return config_from_dict(merged, model_overrides), state, point
 
 
 def resolve_class_names(
@@ -143,7 +190,7 @@ def prepare_job(
     from frameexit.flops import step_gflops
     from frameexit.model import build_model
 
-    cfg, state = resolve_config(checkpoint, config_file, overrides)
+    cfg, state, stored = resolve_config(checkpoint, config_file, overrides)
     input_uri, output_uri = absolute_uri(input_uri), absolute_uri(output_uri)
     checkpoint = absolute_uri(checkpoint) if checkpoint else None
     if state is None:
@@ -176,18 +223,53 @@ def prepare_job(
     for key in sorted(weights):
         weights_digest.update(key.encode())
         weights_digest.update(weights[key].numpy().tobytes())
+    point, calibration, family = None, None, None
+    steps = cfg.model.num_steps
+    if cfg.label.calibration_videos and cfg.label.early_exit:
+        if cfg.model.exit_threshold is not None:
+            raise ConfigError(
+                "label.calibration_videos",
+                "--calibrate chooses the exit thresholds; it cannot be combined with "
+                "--threshold / model.exit_threshold",
+            )
+        risk, bound = cfg.exit.risk
+        if risk != "disagreement":
+            raise ConfigError(
+                "exit.max_accuracy_drop",
+                "a corpus calibration has no ground truth: bound exit.max_disagreement "
+                "(it also bounds the accuracy drop)",
+            )
+        score, family = calibration_family(cfg, stored, steps)
+        calibration = {
+            "videos": int(cfg.label.calibration_videos),
+            "seed": int(cfg.label.calibration_seed),
+            "score": score,
+            "risk": risk,
+            "bound": bound,
+            "delta": float(cfg.exit.delta),
+            "family_sha256": hashlib.sha256(family.tobytes()).hexdigest()[:32],
+        }
+    else:
+        point = resolve_operating_point(cfg, stored, steps)
     fingerprint = {
         "id_scheme": ID_SCHEME,
+        "output_version": OUTPUT_VERSION,
         "checkpoint": checkpoint,
         "weights_sha256": weights_digest.hexdigest()[:32],
         "model": config_to_dict(cfg)["model"],
         "early_exit": cfg.label.early_exit,
-        "exit_threshold": cfg.model.exit_threshold,
+        # the rule that produced the rows: a fixed operating point, or the calibration
+        # that chooses one (its result is in _calibration.json)
+        "operating_point": None if point is None else point.to_dict(with_family=False),
+        "calibration": calibration,
         "top_k": cfg.label.top_k,
         "multi_label_threshold": cfg.label.multi_label_threshold,
         "class_names": names,
     }
-    job = LabelJob(cfg, input_uri, output_uri, checkpoint, weights, gflops, names, fingerprint)
+    job = LabelJob(
+        cfg, input_uri, output_uri, checkpoint, weights, gflops, names, fingerprint,
+        operating_point=point, calibration=calibration, family=family,
+    )  # fmt: skip
     return job, inputs
 
 

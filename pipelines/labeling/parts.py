@@ -39,6 +39,7 @@ from frameexit.storage import (
     write_parquet,
 )
 from pipelines.labeling.schema import (
+    CALIBRATION_NAME,
     CONFIG_NAME,
     FINGERPRINT_NAME,
     OUTPUT_SCHEMA,
@@ -261,7 +262,7 @@ def clean_temporaries(output: str, options: Mapping[str, Any] | None) -> None:
 def clear_output(output: str, options: Mapping[str, Any] | None) -> None:
     """Delete every part and record of a labeling output (``--overwrite``); the lease of
     the run doing it stays."""
-    ours = (FINGERPRINT_NAME, SUMMARY_NAME, CONFIG_NAME)
+    ours = (FINGERPRINT_NAME, SUMMARY_NAME, CONFIG_NAME, CALIBRATION_NAME)
     for name, uri in _names(output, options):
         if (name.startswith(PART_PREFIX) and name.endswith(".parquet")) or name in ours:
             remove(uri, storage_options=options)

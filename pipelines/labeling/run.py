@@ -34,9 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from frameexit.config import Config, config_to_dict
+from frameexit.operating_point import summary as summary_of
 from frameexit.storage import join_uri, options_for, redact, scrub, write_text
 from pipelines.common import ensure_ray
 from pipelines.labeling.actor import POISON_ENV, VideoLabeler
+from pipelines.labeling.calibration import calibrate_on_corpus
 from pipelines.labeling.inputs import LabelInputs
 from pipelines.labeling.isolation import (
     LEDGER_NAME_PREFIX,
@@ -118,8 +120,10 @@ def label_dataset(
     decode_threads: int | None = None,
     calls_per_actor: int = 2,
     ledger: str | None = None,
+    calibration: bool = False,
 ):
-    """The lazy Ray Dataset of output rows for the input rows ``todo`` (``INPUT_SCHEMA``).
+    """The lazy Ray Dataset of output rows for the input rows ``todo`` (``INPUT_SCHEMA``);
+    ``calibration``: every row with all T steps, each step's score and labels kept.
 
     Each actor runs ``calls_per_actor`` batches at once (threads): while one batch waits
     for storage or runs the model, the other decodes, so the actor's CPUs stay busy.
@@ -161,6 +165,10 @@ def label_dataset(
                 "torch_threads": max(1, int(cpus)),
                 "ledger": ledger,
                 "poison": os.environ.get(POISON_ENV) or None,
+                "operating_point": None
+                if job.operating_point is None
+                else job.operating_point.to_dict(with_family=False),
+                "calibration": calibration,
             },
             batch_size=cfg.label.batch_size,
             batch_format="pandas",
@@ -249,11 +257,22 @@ def run_labeling(
         writer = PartWriter(output, options, cfg.label.part_size)
         writer.add(_with_run(bad_todo, run_id))
         writer.flush()
+        calibrated = None
+        if job.calibration is not None:
+            calibrated = calibrate_on_corpus(
+                job, inputs, todo, options,
+                lambda rows: _label(job, rows, writer, run_id, decode_threads, calls_per_actor,
+                                    progress, calibration=True),
+            )  # fmt: skip
+            done = writer.seen_ids()
+            todo = todo.filter(pc.invert(pc.is_in(todo.column("input_id"), value_set=done)))
         timing = _label(job, todo, writer, run_id, decode_threads, calls_per_actor, progress)
         if os.environ.get(EXIT_BEFORE_COMPACT_ENV):  # test hook: a driver killed right here
             os._exit(3)
         compaction = compact(output, options, None if append else inputs.ids)
         summary = _summary(job, inputs, writer, timing, compaction, retried, began, options)
+        if calibrated is not None:
+            summary["calibration"] = calibrated
         write_text(
             join_uri(output, SUMMARY_NAME),
             json.dumps(redact(summary), indent=1),
@@ -277,6 +296,8 @@ def _label(
     decode_threads: int | None,
     calls_per_actor: int,
     progress: bool,
+    *,
+    calibration: bool = False,
 ) -> dict[str, float]:
     """Label ``todo`` on Ray Data and commit as results stream in; returns timings."""
     cfg = job.cfg
@@ -291,7 +312,7 @@ def _label(
 
     ledger_name = LEDGER_NAME_PREFIX + run_id
     ledger = start_ledger(run_id)
-    bar = _progress(todo.num_rows, progress)
+    bar = _progress(todo.num_rows, progress, "calibrating (all T)" if calibration else "labeling")
     restarts = 0
     try:
         while todo.num_rows:
@@ -302,6 +323,7 @@ def _label(
                 decode_threads=decode_threads,
                 calls_per_actor=calls_per_actor,
                 ledger=ledger_name,
+                calibration=calibration,
             )
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -387,7 +409,9 @@ def _summary(
         "output": job.output,
         "checkpoint": job.checkpoint,
         "early_exit": cfg.label.early_exit,
-        "exit_threshold": cfg.model.exit_threshold,
+        "operating_point": None
+        if job.operating_point is None
+        else summary_of(job.operating_point, job.step_gflops),
         "num_steps": cfg.model.num_steps,
         "step_gflops": job.step_gflops,
         "run": run,
@@ -402,20 +426,17 @@ def _summary(
     }
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "labeling"):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="video", desc="labeling", disable=not enabled, mininterval=1.0)
+    return tqdm(total=total, unit="video", desc=desc, disable=not enabled, mininterval=1.0)
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The human-readable end-of-run report."""
     run, total = summary["run"], summary["total"]
-    mode = (
-        "all T frames"
-        if not summary["early_exit"]
-        else f"early exit (threshold {summary['exit_threshold']:g})"
-    )
+    point = summary.get("operating_point")
+    mode = "all T frames" if point is None else "early exit"
     changes = []
     if run.get("retried"):
         changes.append(f"{run['retried']} retried")
@@ -430,6 +451,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"({summary['step_gflops']:.4g} per step), mean exit step {run['mean_exit_step']:.2f}",
         "  errors by kind: "
         + (", ".join(f"{k} {v}" for k, v in run["errors_by_kind"].items()) or "none"),
+        *([f"  exits: {point['description']}"] if point is not None else []),
         f"output {summary['output']}: {total['videos']} rows for {summary['inputs']} inputs "
         f"({total['ok']} ok"
         + "".join(f", {k} {v}" for k, v in total["errors_by_kind"].items())

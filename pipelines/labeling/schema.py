@@ -53,6 +53,11 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("gflops", pa.float64()),  # exit_step × per-step cost (0 on error)
         pa.field("attempts", pa.int32()),  # runs that tried this entry, this one included
         pa.field("run_id", pa.string()),  # the run that wrote the row
+        # a row of the calibration sample (--calibrate N): labeled with all T steps
+        pa.field("calibration", pa.bool_()),
+        # calibration rows only: the exit score and f_t's label ids at every step
+        pa.field("step_scores", pa.list_(pa.float32())),
+        pa.field("step_labels", pa.list_(pa.list_(pa.int32()))),
     ]
 )
 INPUT_SCHEMA = pa.schema(
@@ -70,8 +75,10 @@ PART_PREFIX = "part-"
 FINGERPRINT_NAME = "_labeling.json"
 SUMMARY_NAME = "_summary.json"
 CONFIG_NAME = "_config.yaml"
+CALIBRATION_NAME = "_calibration.json"
 LEASE_NAME = "_lease.json"
 ID_SCHEME = "uri-fragment-v2"  # recorded in the fingerprint: ids of other schemes never mix
+OUTPUT_VERSION = 3  # recorded in the fingerprint: v3 added the calibration columns
 
 
 def _seconds(value: float) -> str:
@@ -105,7 +112,10 @@ def output_row(**values: Any) -> dict[str, Any]:
     """One output row: every column of ``OUTPUT_SCHEMA``, empty lists and zero cost
     unless given; ``retryable`` follows from the status."""
     out = {name: None for name in OUTPUT_SCHEMA.names}
-    out.update(labels=[], label_ids=[], scores=[], frames_decoded=0, gflops=0.0, attempts=1)
+    out.update(
+        labels=[], label_ids=[], scores=[], frames_decoded=0, gflops=0.0, attempts=1,
+        calibration=False,
+    )  # fmt: skip
     out.update(values)
     out["retryable"] = out["status"] in RETRYABLE_STATUSES
     return out
