@@ -91,7 +91,8 @@ def label(manifest: str, out: Path, checkpoint: str, extra: list[str]) -> pd.Dat
         main(["--input", manifest, "--output", str(out), "--checkpoint", checkpoint,
               "--no-progress", *extra])  # fmt: skip
     rows = pd.read_parquet(out)
-    truth = pd.read_parquet(manifest)[["video", "label"]].rename(columns={"label": "truth"})
+    truth = pd.read_parquet(manifest)[["video", "labels"]]
+    truth = truth.assign(truth=truth["labels"].map(lambda names: names[0]))[["video", "truth"]]
     return rows.merge(truth, on="video", how="left")
 
 

@@ -223,7 +223,10 @@ class ExitConfig:
     max_disagreement: float | None = None
     max_accuracy_drop: float | None = None
     delta: float = 0.1
-    family_size: int = 100  # threshold vectors walked by Learn-then-Test
+    # the ordered threshold vectors Learn-then-Test walks: "constant" (one λ for every
+    # step, shape-free) or "fitted" (per-step, fitted on the training split's outputs)
+    family: str = "constant"
+    family_size: int = 200
 
     def validate(self, prefix: str = "exit") -> None:
         from frameexit.exits import list_exit_scores
@@ -244,6 +247,7 @@ class ExitConfig:
         _number(prefix, "delta", self.delta, minimum=0, maximum=1, open_low=True)
         if self.delta >= 1:
             raise ConfigError(f"{prefix}.delta", f"must be below 1, got {self.delta!r}")
+        _choice(prefix, "family", self.family, ("constant", "fitted"))
         _positive(prefix, "family_size", self.family_size)
 
     def score_or(self, default: str | None = None) -> str:

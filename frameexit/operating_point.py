@@ -192,10 +192,12 @@ def fit_family(
     return family
 
 
-def constant_family(size: int = 100, num_steps: int = 10) -> np.ndarray:
-    """The shape-free family: one threshold for every step, from 1 (no score exceeds it
-    but a certain one) down to 0. For a checkpoint without a fitted family."""
-    values = np.linspace(1.0, 0.0, size)
+def constant_family(size: int = 200, num_steps: int = 10) -> np.ndarray:
+    """The shape-free family: one threshold λ for every step t < T, walked from
+    1 − 10⁻⁴ down to 0 with 1 − λ geometric (dense where confident scores sit). Needs no
+    shape data; on the synthetic benchmark it spends fewer frames at the same risk than a
+    family fitted on the training split (whose scores are not those of held-out videos)."""
+    values = 1.0 - np.geomspace(1e-4, 1.0, size)
     family = np.repeat(values[:, None], num_steps, axis=1)
     family[:, -1] = np.inf
     return family
@@ -353,6 +355,9 @@ def summary(point: OperatingPoint, step_gflops: float) -> dict[str, Any]:
     return out
 
 
+FAMILIES = ("constant", "fitted")
+
+
 def choose_operating_point(
     *,
     score: str,
@@ -360,14 +365,17 @@ def choose_operating_point(
     bound: float,
     delta: float,
     family_size: int,
-    shape: dict[str, np.ndarray],
     calibration: dict[str, np.ndarray],
     multi_label: bool,
+    family: str = "constant",
+    shape: dict[str, np.ndarray] | None = None,
     multi_label_threshold: float = 0.5,
     calibrated_on: str = "",
 ) -> OperatingPoint:
-    """Fit the family of ``score`` on ``shape`` and calibrate it on ``calibration`` (both
-    ``{"logits" [N, T, K], "gate_probs" [N, T], "target"}``, disjoint videos)."""
+    """Build the ``family`` of ``score`` (``constant``: :func:`constant_family`;
+    ``fitted``: :func:`fit_family` on ``shape``) and calibrate it on ``calibration``
+    (``{"logits" [N, T, K], "gate_probs" [N, T], "target"}``, videos disjoint from
+    ``shape``)."""
     from frameexit.exits import exit_scores
 
     def prepared(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -381,10 +389,17 @@ def choose_operating_point(
             truth = codes_from_sets(target > 0.5) if multi_label else target
         return scores, step_losses(codes, risk=risk, targets=truth)
 
-    shape_scores, shape_losses = prepared(shape)
-    family = fit_family(shape_scores, ~shape_losses, size=family_size)
     cal_scores, cal_losses = prepared(calibration)
+    if family == "fitted":
+        if shape is None:
+            raise ValueError("a fitted family needs shape data (videos not used to calibrate)")
+        shape_scores, shape_losses = prepared(shape)
+        thresholds = fit_family(shape_scores, ~shape_losses, size=family_size)
+    elif family == "constant":
+        thresholds = constant_family(family_size, cal_scores.shape[1])
+    else:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
     return calibrate(
-        family, cal_scores, cal_losses, score=score, risk=risk, bound=bound, delta=delta,
+        thresholds, cal_scores, cal_losses, score=score, risk=risk, bound=bound, delta=delta,
         calibrated_on=calibrated_on,
     )  # fmt: skip

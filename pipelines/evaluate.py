@@ -180,15 +180,20 @@ def calibrate_on_cache(
     model, model_cfg = load_model_checkpoint(
         model_uri, storage_options=options_for(model_uri, options) or None
     )
-    shape = read_cache_outputs(model, cache[shape_split], options_for(cache[shape_split], options))
+    shape = None
+    if cfg.exit.family == "fitted":
+        shape_uri = cache[shape_split]
+        shape = read_cache_outputs(model, shape_uri, options_for(shape_uri, options))
     held = read_cache_outputs(model, cache[split], options_for(cache[split], options))
     risk, bound = cfg.exit.risk
     point = choose_operating_point(
         score=cfg.exit.score_or(), risk=risk, bound=bound, delta=cfg.exit.delta,
-        family_size=cfg.exit.family_size, shape=shape, calibration=held,
+        family_size=cfg.exit.family_size, family=cfg.exit.family, shape=shape,
+        calibration=held,
         multi_label=model_cfg.model.multi_label,
         multi_label_threshold=cfg.label.multi_label_threshold,
-        calibrated_on=f"split {split!r} (family fitted on {shape_split!r})",
+        calibrated_on=f"split {split!r}"
+        + (f" (family fitted on {shape_split!r})" if shape is not None else ""),
     )  # fmt: skip
     (log.warning if point.fallback else log.info)("operating point: %s", point.describe())
     return point

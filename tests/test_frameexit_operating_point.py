@@ -16,6 +16,7 @@ from frameexit.operating_point import (
     binomial_cdf,
     calibrate,
     choose_operating_point,
+    constant_family,
     family_curve,
     fit_family,
     label_codes,
@@ -49,6 +50,13 @@ def setting():
     pop_scores, pop_losses = simulate(200_000, rng)
     true_risk, true_steps = family_curve(family, pop_scores, pop_losses)
     return family, true_risk, true_steps
+
+
+def test_constant_family_is_monotone_and_dense_near_one():
+    family = constant_family(200, 4)
+    assert np.all(np.isinf(family[:, -1])) and np.all(np.diff(family[:, 0]) < 0)
+    assert family[0, 0] > 0.999 and family[-1, 0] == pytest.approx(0.0)
+    assert (family[:, 0] > 0.9).sum() > 50  # resolution where confident scores sit
 
 
 def test_family_is_monotone_and_ordered(setting):
@@ -167,10 +175,10 @@ def test_choose_operating_point_on_outputs():
     data = {"logits": logits, "gate_probs": rng.uniform(size=(n, steps)), "target": target}
     shape = {key: value[:300] for key, value in data.items()}
     held = {key: value[300:] for key, value in data.items()}
-    for risk in ("disagreement", "accuracy_drop"):
+    for risk, family in (("disagreement", "fitted"), ("accuracy_drop", "constant")):
         point = choose_operating_point(
             score="confidence", risk=risk, bound=0.15, delta=0.1, family_size=50, shape=shape,
-            calibration=held, multi_label=False,
+            calibration=held, multi_label=False, family=family,
         )  # fmt: skip
         assert point.rule == "calibrated" and point.calibration_videos == 300
         assert point.member > 0 and point.thresholds == point.family[point.member - 1]
@@ -217,3 +225,73 @@ def test_early_exit_at_an_operating_point_matches_the_replay(score):
     # an explicit τ is the paper's rule instead
     paper = model.early_exit(lambda t, active: frames[active, t], 32, threshold=1.01)
     assert paper.exit_step.tolist() == [4] * 32
+
+
+@pytest.mark.parametrize("score", ["gate", "confidence", "gate+confidence"])
+def test_every_exit_score_through_a_yaml_config(score, tmp_path):
+    """exit.score in a YAML file: validated, the gates built for it (gate+confidence: they
+    see f_t's statistics), stage 2 trains them on cached z, and the score replays."""
+    from frameexit.config import load_config
+    from frameexit.training import GateHead, stage2_step
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model: {feature_dim: 16, num_classes: 4, num_steps: 3, gate_hidden: 8}\n"
+        f"exit: {{score: {score}, max_disagreement: 0.1, delta: 0.05}}\n"
+    )
+    cfg = load_config(str(path))
+    assert cfg.exit.score == score and cfg.exit.risk == ("disagreement", 0.1)
+    assert cfg.model.gate_inputs == (
+        "features+confidence" if score == "gate+confidence" else "features"
+    )
+    model = build_model(cfg.model, backbone=torch.nn.Linear(3, 16))
+    assert model.gates_use_confidence == (score == "gate+confidence")
+    z = torch.randn(6, 3, 16)
+    from frameexit.losses import set_stage
+
+    set_stage(model, 2)
+    loss, logits, _ = stage2_step(GateHead(model), z, torch.rand(6, 3), beta=0.5)
+    loss.backward()
+    grads = [p.grad for p in model.gates.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    step_logits, probs, _ = model.step_outputs(z)
+    assert exit_scores(score, step_logits, probs).shape == (6, 3)
+
+
+def test_a_bad_exit_config_names_the_field(tmp_path):
+    from frameexit.config import check_beta, load_config
+    from frameexit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exit.score"):
+        load_config(None, ["exit.score=oracle"])
+    with pytest.raises(ConfigError, match="exit.max_accuracy_drop"):
+        load_config(None, ["exit.max_disagreement=0.1", "exit.max_accuracy_drop=0.1"])
+    with pytest.raises(ConfigError, match="exit.delta"):
+        load_config(None, ["exit.delta=1.5"])
+    with pytest.raises(ConfigError, match="exit.score"):  # the model's gates cannot
+        load_config(None, ["exit.score=gate+confidence", "model.gate_inputs=features"])
+    with pytest.raises(ConfigError, match=r"train.beta.*ε_8"):
+        check_beta(0.02, 10, multi_label=False)
+    check_beta(0.005, 10, multi_label=False)
+    check_beta(0.02, 10, multi_label=True)  # BCE averaged over classes: no ln 2 bound
+
+
+def test_multi_label_calibration_bounds_label_set_disagreement():
+    rng = np.random.default_rng(4)
+    n, steps, k = 800, 4, 6
+    target = rng.uniform(size=(n, k)) < 0.3
+    noise = rng.normal(size=(n, steps, k)) * np.array([3.0, 2.0, 1.0, 0.5])[None, :, None]
+    logits = (4 * (2 * target[:, None] - 1) + noise).astype(np.float32)
+    data = {"logits": logits, "gate_probs": rng.uniform(size=(n, steps)), "target": target}
+    held = {key: value[:400] for key, value in data.items()}
+    test = {key: value[400:] for key, value in data.items()}
+    point = choose_operating_point(
+        score="confidence", risk="disagreement", bound=0.1, delta=0.1, family_size=100,
+        calibration=held, multi_label=True,
+    )  # fmt: skip
+    assert point.member > 0 and point.mean_steps < steps
+    codes = label_codes(test["logits"], multi_label=True)
+    scores = exit_scores("confidence", test["logits"], test["gate_probs"], multi_label=True)
+    exit_at = point.exit_steps(scores)
+    realized = (codes[np.arange(400), exit_at - 1] != codes[:, -1]).mean()
+    assert realized <= 0.1 + 0.05  # the bound, up to the test half's sampling noise

@@ -118,12 +118,14 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_sweep):
     posthoc = points[points["source"] == "threshold"]
     assert len(posthoc) == 6 * len(SweepSpec().thresholds)
     assert ok["accuracy"].between(0, 1).all() and (ok["gflops"] > 0).all()
-    # A trial's point is its own post-hoc curve at τ = model.exit_threshold.
+    # A trial's point is its own post-hoc curve at the paper's τ (model.exit_threshold or 0.5).
+    from frameexit.operating_point import paper_threshold
+
     for _, row in ok.iterrows():
         same = posthoc[
             (posthoc["num_steps"] == row["num_steps"])
             & (posthoc["beta"] == row["beta"])
-            & (posthoc["threshold"] == cfg.model.exit_threshold)
+            & (posthoc["threshold"] == paper_threshold(cfg.model))
         ]
         assert same["accuracy"].tolist() == pytest.approx([row["accuracy"]])
         assert same["gflops"].tolist() == pytest.approx([row["gflops"]])

@@ -258,6 +258,7 @@ def run_labeling(
         writer.add(_with_run(bad_todo, run_id))
         writer.flush()
         calibrated = None
+        calibration_began = time.perf_counter()
         if job.calibration is not None:
             calibrated = calibrate_on_corpus(
                 job, inputs, todo, options,
@@ -267,6 +268,8 @@ def run_labeling(
             done = writer.seen_ids()
             todo = todo.filter(pc.invert(pc.is_in(todo.column("input_id"), value_set=done)))
         timing = _label(job, todo, writer, run_id, decode_threads, calls_per_actor, progress)
+        if calibrated is not None:  # the run's rates count the calibration rows too
+            timing["began"] = calibration_began
         if os.environ.get(EXIT_BEFORE_COMPACT_ENV):  # test hook: a driver killed right here
             os._exit(3)
         compaction = compact(output, options, None if append else inputs.ids)
