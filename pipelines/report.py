@@ -81,10 +81,13 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
              f"{frames:.2f}", f"{gflops:.4g}", saving)
         )  # fmt: skip
 
-    point = metrics.get("operating_point")
-    label = "FrameExit (operating point)"
-    if point is not None:
+    point = metrics.get("operating_point")  # a run's: its summary; one evaluation's: a line
+    if isinstance(point, Mapping) and point.get("bound") is not None:
         label = f"FrameExit ({point['score']}, {point['risk']} <= {point['bound']:g})"
+    elif metrics.get("rule") == "paper":
+        label = f"FrameExit (paper: τ={metrics['threshold']:g})"
+    else:
+        label = f"FrameExit ({metrics.get('exit_score', 'operating point')})"
 
     def paper_label(m: Mapping[str, Any]) -> str:
         return f"FrameExit (paper: β={m['beta']:g}, τ={m['threshold']:g})"
@@ -92,13 +95,14 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     add("w/o exit", metrics, False)
     if "paper" in metrics:
         add(paper_label(metrics["paper"]), metrics["paper"], True)
-    add(label + (", calibrated here" if point is not None else ""), metrics, True)
+    run = isinstance(point, Mapping)
+    add(label + (", calibrated here" if run else ""), metrics, True)
     test = metrics.get("test")
     if test is not None:
         add("w/o exit", test, False)
         if "test_paper" in metrics:
             add(paper_label(metrics["test_paper"]), metrics["test_paper"], True)
-        add(label + (", chosen on val" if point is not None else ""), test, True)
+        add(label + (", chosen on val" if run else ""), test, True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
@@ -109,7 +113,7 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     ]
     notes = []
     if point is not None:
-        notes.append(f"operating point: {point['description']}")
+        notes.append(f"operating point: {point['description'] if run else point}")
     if test is None:
         notes.append("no test split in the manifest: the numbers are on validation only")
     notes.append(

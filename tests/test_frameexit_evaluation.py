@@ -86,3 +86,35 @@ def test_multi_label_outputs_have_map_and_set_disagreement():
     assert m["metric"] == "mAP" and 0 <= m["disagreement"] <= 1
     low, high = m["delta_accuracy_ci90"]
     assert low <= m["delta_accuracy"] + 1e-9 and m["delta_accuracy"] <= high + 1e-9
+
+
+def test_console_table_for_a_run_and_for_one_evaluation():
+    """The run's table (operating point summary, paper's rule, test) and the table of one
+    checkpoint evaluation (its operating point as a line) both print."""
+    from frameexit.operating_point import summary
+    from pipelines.report import format_metrics
+
+    logits, probs, target = outputs()
+    point = OperatingPoint(
+        score="confidence", thresholds=[0.9, 0.8, 0.7, math.inf], rule="calibrated",
+        risk="disagreement", bound=0.05, delta=0.1, calibration_videos=300,
+    )  # fmt: skip
+
+    def run(**kw):
+        out = evaluate_outputs(
+            logits=logits, gate_probs=probs, target=target, step_cost=COST, multi_label=False,
+            **kw,
+        )  # fmt: skip
+        return {"split": "val", "beta": 1e-3, **out.metrics}
+
+    one = run(operating_point=point)
+    text = format_metrics(one)
+    assert "FrameExit (confidence)" in text and "calibrated confidence exits" in text
+    whole = {**run(operating_point=point), "operating_point": summary(point, 1.0)}
+    whole["paper"] = run(threshold=0.5)
+    whole["test"] = {**run(operating_point=point), "split": "test"}
+    whole["test_paper"] = {**run(threshold=0.5), "split": "test"}
+    text = format_metrics(whole)
+    assert "disagreement <= 0.05), chosen on val" in text and "paper: β=0.001, τ=0.5" in text
+    assert sum(line.startswith("w/o exit") for line in text.splitlines()) == 2
+    assert "[" in text  # Δ with its interval

@@ -125,6 +125,7 @@ def test_default_uses_the_checkpoints_operating_point_and_threshold_overrides(
     assert summary["operating_point"]["score"] == "confidence"
     fingerprint = json.loads((tmp_path / "a" / "_labeling.json").read_text())
     assert fingerprint["settings"]["operating_point"]["thresholds"][0] == 0.2
+    assert fingerprint["settings"]["decode_backend"] == "auto"  # backends never mix
     summary = main(["--input", corpus["manifest"], "--output", str(tmp_path / "b"),
                     "--checkpoint", corpus["checkpoint"], "--no-progress", "--threshold", "1.01",
                     *RUN])  # fmt: skip

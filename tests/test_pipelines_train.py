@@ -235,6 +235,7 @@ def test_two_stage_pipeline_resume_retry_and_evaluation(
          "--views", "3", f"data.manifest={tiny_corpus.manifest}"]
     )  # fmt: skip
     assert three["views"] == 3 and three["num_videos"] == test_videos
+    assert three["rule"] == "calibrated"  # the checkpoint's operating point by default
     assert three["noexit_gflops"] == pytest.approx(3 * metrics["noexit_gflops"])
     assert (run / "eval" / "test-views3" / "predictions.parquet").exists()
 

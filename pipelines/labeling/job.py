@@ -258,6 +258,9 @@ def prepare_job(
         "weights_sha256": weights_digest.hexdigest()[:32],
         "model": config_to_dict(cfg)["model"],
         "early_exit": cfg.label.early_exit,
+        # decord's random access differs from the exact decoder's on some files: labels
+        # decoded by two backends never mix in one output
+        "decode_backend": cfg.data.decode_backend,
         # the rule that produced the rows: a fixed operating point, or the calibration
         # that chooses one (its result is in _calibration.json)
         "operating_point": None if point is None else point.to_dict(with_family=False),
