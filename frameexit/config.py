@@ -230,6 +230,7 @@ class ExitConfig:
 
     def validate(self, prefix: str = "exit") -> None:
         from frameexit.exits import list_exit_scores
+        from frameexit.operating_point import FAMILIES
 
         if self.score is not None:
             _choice(prefix, "score", self.score, list_exit_scores())
@@ -247,7 +248,7 @@ class ExitConfig:
         _number(prefix, "delta", self.delta, minimum=0, maximum=1, open_low=True)
         if self.delta >= 1:
             raise ConfigError(f"{prefix}.delta", f"must be below 1, got {self.delta!r}")
-        _choice(prefix, "family", self.family, ("constant", "fitted"))
+        _choice(prefix, "family", self.family, FAMILIES)
         _positive(prefix, "family_size", self.family_size)
 
     def score_or(self, default: str | None = None) -> str:
@@ -334,15 +335,18 @@ class Config:
     sweep: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> Config:
+        from frameexit.exits import get_exit_score
+
         self.exit.validate("exit")
-        needed = "features+confidence" if self.exit.score == "gate+confidence" else "features"
+        # the exit score's registry entry says what the gates must see
+        needed = get_exit_score(self.exit.score).gate_inputs if self.exit.score else None
         if self.model.gate_inputs is None:
-            self.model.gate_inputs = needed
-        elif self.exit.score == "gate+confidence" and self.model.gate_inputs != needed:
+            self.model.gate_inputs = needed or "features"
+        elif needed is not None and self.model.gate_inputs != needed:
             raise ConfigError(
                 "exit.score",
-                "gate+confidence needs gates trained with f_t's statistics "
-                f"(model.gate_inputs=features+confidence); this model's see {self.model.gate_inputs}",
+                f"{self.exit.score} needs gates trained with model.gate_inputs={needed}; "
+                f"this model's see {self.model.gate_inputs}",
             )
         self.model.validate("model")
         self.data.validate("data")

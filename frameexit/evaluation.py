@@ -255,14 +255,10 @@ def _score_steps_table(
     logits: np.ndarray, gate_probs: np.ndarray, codes: np.ndarray, multi_label: bool
 ) -> pd.DataFrame:
     """Per step: how well each exit score predicts "f_t agrees with f_T" (AUROC)."""
-    from frameexit.exits import list_exit_scores
-
     agree = codes == codes[:, -1:]
     out: dict[str, Any] = {"step": np.arange(1, logits.shape[1] + 1)}
     out["agreement"] = agree.mean(axis=0)
     for name in ("gate", "confidence"):
-        if name not in list_exit_scores():
-            continue
         scores = exit_scores(name, logits, gate_probs, multi_label=multi_label)
         out[f"{name}_auroc"] = [_auroc(scores[:, t], agree[:, t]) for t in range(logits.shape[1])]
     return pd.DataFrame(out)

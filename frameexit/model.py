@@ -309,6 +309,17 @@ class FrameExit(nn.Module):
         """Class scores: softmax (single-label) or sigmoid (multi-label)."""
         return torch.sigmoid(logits) if self.cfg.multi_label else F.softmax(logits, dim=-1)
 
+    def exit_rule(
+        self, threshold: float | None = None, operating_point: OperatingPoint | None = None
+    ) -> OperatingPoint:
+        """The rule a caller asks for: ``operating_point``, else the paper's rule at
+        ``threshold``, else :meth:`default_operating_point`."""
+        if operating_point is not None:
+            return operating_point
+        if threshold is not None:
+            return paper_rule(float(threshold), self.num_steps)
+        return self.default_operating_point()
+
     def default_operating_point(self) -> OperatingPoint:
         """What decides exits when a caller names nothing: ``model.exit_threshold`` when
         set (the paper's rule), else the operating point the checkpoint carried, else the
@@ -342,14 +353,17 @@ class FrameExit(nn.Module):
         z_prev: Tensor | None,
         logits_t: Tensor,
         point: OperatingPoint | float,
+        score: Tensor | None = None,
     ) -> Tensor:
         """Boolean ``[B]``: does the exit score reach its threshold at 0-based step ``t``?
-        A float is the paper's rule at that τ."""
+        A float is the paper's rule at that τ; ``score``: the step's exit score when the
+        caller computed it already."""
         if not isinstance(point, OperatingPoint):
             point = paper_rule(float(point), self.num_steps)
         if t == 0 and point.score == "gate" and isinstance(self.gates[0], ConfidenceGate):
             return self.gates[0].exits(logits_t)
-        score = self.exit_score(t, z_t, z_prev, logits_t, point.score)
+        if score is None:
+            score = self.exit_score(t, z_t, z_prev, logits_t, point.score)
         return gate_fires(score, point.thresholds[t])
 
     @torch.no_grad()
@@ -395,12 +409,7 @@ class FrameExit(nn.Module):
         steps = self.num_steps if max_steps is None else max_steps
         if not 1 <= steps <= self.num_steps:
             raise ValueError(f"max_steps must be in 1..{self.num_steps}, got {max_steps}")
-        if operating_point is None:
-            operating_point = (
-                paper_rule(threshold, self.num_steps)
-                if threshold is not None
-                else self.default_operating_point()
-            )
+        operating_point = self.exit_rule(threshold, operating_point)
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
@@ -441,6 +450,7 @@ class FrameExit(nn.Module):
             features = self.backbone(frames.to(device))
             z_t, state = self.pooling.step(state, features)
             logits_t = self.classifiers[t](z_t)
+            score = None
             if record_steps:
                 rows_now = active.to(device)
                 score = self.exit_score(t, z_t, z_prev, logits_t, point.score)
@@ -449,7 +459,7 @@ class FrameExit(nn.Module):
             if t == steps - 1:
                 done = torch.ones(active.numel(), dtype=torch.bool, device=device)
             elif use_gates:
-                done = self.exit_decision(t, z_t, z_prev, logits_t, point)
+                done = self.exit_decision(t, z_t, z_prev, logits_t, point, score)
             else:
                 done = torch.zeros(active.numel(), dtype=torch.bool, device=device)
             if bool(done.any()):

@@ -37,7 +37,7 @@ from frameexit.exits import exit_steps
 #: The paper's exit threshold τ (gate probability) when nothing else is chosen.
 PAPER_THRESHOLD = 0.5
 RISKS = ("disagreement", "accuracy_drop")
-RULES = ("paper", "calibrated", "fixed")
+FAMILIES = ("constant", "fitted")
 
 
 @dataclass
@@ -65,10 +65,6 @@ class OperatingPoint:
     mean_steps: float | None = None  # on the calibration videos
     fallback: str | None = None
     family: list[list[float]] | None = field(default=None, repr=False)
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.thresholds)
 
     @property
     def exits_early(self) -> bool:
@@ -134,11 +130,6 @@ def paper_threshold(model_cfg: Any) -> float:
     """The paper's τ of a model config: ``model.exit_threshold``, else 0.5."""
     value = getattr(model_cfg, "exit_threshold", None)
     return PAPER_THRESHOLD if value is None else float(value)
-
-
-def all_steps(score: str, num_steps: int) -> OperatingPoint:
-    """Never exit early (every video runs all T steps)."""
-    return OperatingPoint(score=score, thresholds=[math.inf] * num_steps, rule="fixed")
 
 
 # --- the family -----------------------------------------------------------------------
@@ -353,9 +344,6 @@ def summary(point: OperatingPoint, step_gflops: float) -> dict[str, Any]:
     if point.mean_steps is not None:
         out["calibration_gflops"] = float(point.mean_steps * step_gflops)
     return out
-
-
-FAMILIES = ("constant", "fitted")
 
 
 def choose_operating_point(

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from frameexit.config import Config
-from frameexit.operating_point import OperatingPoint, paper_rule
+from frameexit.operating_point import OperatingPoint
 from frameexit.storage import options_for, pyarrow_filesystem
 from pipelines.common import RunPaths
 
@@ -132,7 +132,7 @@ def evaluate(
         model_uri, storage_options=options_for(model_uri, options) or None
     )
     m = model_cfg.model
-    point = _point(model, threshold, operating_point)
+    point = model.exit_rule(threshold, operating_point)
     data = read_cache_outputs(model, cache_uri, options_for(cache_uri, options))
     result = evaluate_outputs(
         logits=data["logits"],
@@ -197,18 +197,6 @@ def calibrate_on_cache(
     )  # fmt: skip
     (log.warning if point.fallback else log.info)("operating point: %s", point.describe())
     return point
-
-
-def _point(
-    model: torch.nn.Module, threshold: float | None, point: OperatingPoint | None
-) -> OperatingPoint:
-    """The rule an evaluation uses: ``point``, else the paper's at ``threshold``, else the
-    model's default (its ``model.exit_threshold``, its checkpoint's operating point, τ=0.5)."""
-    if point is not None:
-        return point
-    if threshold is not None:
-        return paper_rule(float(threshold), model.num_steps)
-    return model.default_operating_point()
 
 
 def _class_names(cfg: Config) -> list[str]:
@@ -303,7 +291,7 @@ def evaluate_checkpoint(
     target = np.stack(target.map(np.asarray)) if m.multi_label else target.to_numpy()
     model = model_from(model_uri, options)
     model.cfg.exit_threshold = cfg.model.exit_threshold
-    point = _point(model, threshold, None)
+    point = model.exit_rule(threshold)
     cost = step_gflops(model, m.image_size)
     view_cost = StepCost(*(views * value for value in dataclasses.astuple(cost)))
     result = evaluate_outputs(

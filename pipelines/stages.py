@@ -472,7 +472,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     ``test`` and ``test_paper``."""
     from frameexit.checkpoint import store_operating_point
     from frameexit.config import check_beta
-    from frameexit.operating_point import PAPER_THRESHOLD, summary
+    from frameexit.operating_point import paper_threshold, summary
     from pipelines.evaluate import calibrate_on_cache
 
     paths = RunPaths(cfg)
@@ -509,7 +509,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         cfg, stage2, cache, shape_split=cfg.data.train_split, split=cfg.data.val_split
     )
     store_operating_point(stage2, point, storage_options=paths.options)
-    tau = PAPER_THRESHOLD if cfg.model.exit_threshold is None else cfg.model.exit_threshold
+    tau = paper_threshold(cfg.model)
     metrics = evaluate(cfg, stage2, cache, operating_point=point)
     metrics["operating_point"] = summary(point, metrics["gflops_per_step"])
     metrics["paper"] = evaluate(

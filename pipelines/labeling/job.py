@@ -12,12 +12,7 @@ from typing import Any
 
 from frameexit.config import Config, config_from_dict, config_to_dict, load_config
 from frameexit.errors import ConfigError
-from frameexit.operating_point import (
-    PAPER_THRESHOLD,
-    OperatingPoint,
-    constant_family,
-    paper_rule,
-)
+from frameexit.operating_point import PAPER_THRESHOLD, OperatingPoint, constant_family
 from frameexit.storage import (
     absolute_uri,
     exists,
@@ -56,32 +51,27 @@ class LabelJob:
     family: Any = None  # [m, T] threshold family walked by the calibration
 
 
-def resolve_operating_point(
-    cfg: Config, stored: OperatingPoint | None, num_steps: int
-) -> OperatingPoint | None:
+def resolve_operating_point(cfg: Config, model: Any) -> OperatingPoint | None:
     """The exit rule of a labeling run without calibration: None with
-    ``label.early_exit=false`` (all T); the paper's rule when ``model.exit_threshold`` is
-    set (``--threshold``); else the checkpoint's operating point; else the paper's rule at
-    τ = 0.5, with a warning that nothing bounds what early exit costs."""
+    ``label.early_exit=false`` (all T), else the model's own default
+    (``FrameExit.default_operating_point``: ``--threshold``, the checkpoint's operating
+    point, the paper's τ = 0.5), with a warning when nothing bounds what exits cost."""
     if not cfg.label.early_exit:
         return None
-    if cfg.model.exit_threshold is not None:
-        return paper_rule(cfg.model.exit_threshold, num_steps)
-    if stored is not None:
-        return stored
-    log.warning(
-        "the model carries no operating point: exiting by the paper's rule (gate probability "
-        ">= %g); nothing bounds how many labels differ from all T steps. Calibrate on this "
-        "corpus with --calibrate N --max-disagreement EPS",
-        PAPER_THRESHOLD,
-    )
-    return paper_rule(PAPER_THRESHOLD, num_steps)
+    if cfg.model.exit_threshold is None and model.operating_point is None:
+        log.warning(
+            "the model carries no operating point: exiting by the paper's rule (gate "
+            "probability >= %g); nothing bounds how many labels differ from all T steps. "
+            "Calibrate on this corpus with --calibrate N --max-disagreement EPS",
+            PAPER_THRESHOLD,
+        )
+    return model.default_operating_point()
 
 
 def calibration_family(cfg: Config, stored: OperatingPoint | None, num_steps: int):
     """The score and threshold family a corpus calibration walks: the checkpoint's own
-    (fitted on its training videos) when its score is the one asked for, else the
-    shape-free constant family."""
+    (the one its operating point was calibrated over) when its score is the one asked
+    for, else the shape-free constant family."""
     import numpy as np
 
     score = cfg.exit.score_or(stored.score if stored is not None else None)
@@ -250,7 +240,8 @@ def prepare_job(
             "family_sha256": hashlib.sha256(family.tobytes()).hexdigest()[:32],
         }
     else:
-        point = resolve_operating_point(cfg, stored, steps)
+        model.operating_point = stored
+        point = resolve_operating_point(cfg, model)
     fingerprint = {
         "id_scheme": ID_SCHEME,
         "output_version": OUTPUT_VERSION,
