@@ -123,7 +123,7 @@ def resplits(full: pd.DataFrame, family: np.ndarray, args: argparse.Namespace, s
     """The guarantee over random calibration/test splits of the all-T rows."""
     ok = full[(full["status"] == "ok") & full["calibration"]]
     scores = np.stack(ok["step_scores"].map(np.asarray).to_numpy()).astype(np.float64)
-    codes = np.array([[tuple(s) for s in per] for per in ok["step_labels"]], dtype=object)
+    codes = np.array([[tuple(sorted(s)) for s in per] for per in ok["step_labels"]], dtype=object)
     losses = step_losses(codes, risk="disagreement")
     rng = np.random.default_rng(0)
     n, violations, realized, steps, fallbacks = len(ok), 0, [], [], 0

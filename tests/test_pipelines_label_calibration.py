@@ -28,7 +28,7 @@ from frameexit.transforms import frames_to_tensor
 from frameexit.video import open_video
 from pipelines import labeling
 from pipelines.labeling import STATUS_OK, read_labels
-from pipelines.labeling.calibration import calibration_sample
+from pipelines.labeling.calibration import calibration_sample, step_codes
 from pipelines.labeling.schema import CALIBRATION_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,11 @@ def test_calibration_sample_is_uniform_order_free_and_stable():
     first = sum(int(s.split("/")[2].split(".")[0]) < 500 for s in sample.to_pylist())
     assert 30 <= first <= 70
     assert len(calibration_sample(ids, 5000, 0)) == 1000
+
+
+def test_step_codes_compare_label_sets_not_their_order():
+    codes = step_codes([[[2, 0], [0, 2], [1]]], 3)
+    assert codes[0, 0] == codes[0, 1] != codes[0, 2]
 
 
 def test_labeler_in_calibration_mode_keeps_every_step(corpus):

@@ -97,10 +97,7 @@ def calibrate_on_corpus(
     steps = job.cfg.model.num_steps
     if answered.num_rows == 0:
         scores = np.zeros((0, steps))
-    codes = np.empty((answered.num_rows, steps), dtype=object)
-    for i, per_step in enumerate(labels):
-        for t, ids in enumerate(per_step):
-            codes[i, t] = tuple(ids)
+    codes = step_codes(labels, steps)
     point = calibrate(
         job.family, scores, step_losses(codes, risk=spec["risk"]), score=spec["score"],
         risk=spec["risk"], bound=spec["bound"], delta=spec["delta"],
@@ -119,6 +116,17 @@ def calibrate_on_corpus(
     write_text(uri, json.dumps(record, indent=1), storage_options=options)
     (log.warning if point.fallback else log.info)("calibration: %s", point.describe())
     return _public(record)
+
+
+def step_codes(step_labels: list[list[list[int]]], steps: int) -> np.ndarray:
+    """Per video and step, the label ids as a comparable code ``[n, T]``: the set of ids,
+    whatever their order (a multi-label row lists its labels best score first, and two
+    steps with the same labels in another order agree)."""
+    codes = np.empty((len(step_labels), steps), dtype=object)
+    for i, per_step in enumerate(step_labels):
+        for t, ids in enumerate(per_step):
+            codes[i, t] = tuple(sorted(ids))
+    return codes
 
 
 def _sample_rows(job: LabelJob, sample: pa.Array, options: Mapping[str, Any]) -> pa.Table:
