@@ -109,11 +109,14 @@ def evaluate(
     thresholds: Sequence[float] | None = None,
     out: str | None = None,
     plots: bool = True,
+    outputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_uri`` on ``cache[split]`` (default ``data.val_split``) at
     ``operating_point`` (else the paper's rule at ``threshold``, else the checkpoint's own
     rule: ``FrameExit.default_operating_point``), sweep the paper's τ over ``thresholds``
     post hoc, write everything to ``out`` (default ``{run}/eval``), return the metrics.
+    ``outputs``: this model's :func:`read_cache_outputs` of that split, when the caller
+    has read them already (several rules on one split read it once).
 
     Returned keys include ``accuracy`` (= ``top1``, or ``mAP`` when ``multi_label``;
     single-label runs also get ``mAP``, the ActivityNet metric), ``gflops``,
@@ -133,7 +136,9 @@ def evaluate(
     )
     m = model_cfg.model
     point = model.exit_rule(threshold, operating_point)
-    data = read_cache_outputs(model, cache_uri, options_for(cache_uri, options))
+    if outputs is None:
+        outputs = read_cache_outputs(model, cache_uri, options_for(cache_uri, options))
+    data = outputs
     result = evaluate_outputs(
         logits=data["logits"],
         gate_probs=data["gate_probs"],
@@ -169,10 +174,17 @@ def evaluate(
 
 
 def calibrate_on_cache(
-    cfg: Config, model_uri: str, cache: dict[str, str], *, shape_split: str, split: str
+    cfg: Config,
+    model_uri: str,
+    cache: dict[str, str],
+    *,
+    shape_split: str,
+    split: str,
+    held: dict[str, Any] | None = None,
 ) -> OperatingPoint:
-    """The operating point of ``exit.*``: its threshold family fitted on the cached
-    ``shape_split`` (training videos), Learn-then-Test on the cached ``split`` (held out)."""
+    """The operating point of ``exit.*``: Learn-then-Test on the cached ``split`` (held
+    out; ``held``: its :func:`read_cache_outputs` when read already), over a family fitted
+    on the cached ``shape_split`` (training videos) when ``exit.family=fitted``."""
     from frameexit.checkpoint import load_model_checkpoint
     from frameexit.operating_point import choose_operating_point
 
@@ -184,7 +196,8 @@ def calibrate_on_cache(
     if cfg.exit.family == "fitted":
         shape_uri = cache[shape_split]
         shape = read_cache_outputs(model, shape_uri, options_for(shape_uri, options))
-    held = read_cache_outputs(model, cache[split], options_for(cache[split], options))
+    if held is None:
+        held = read_cache_outputs(model, cache[split], options_for(cache[split], options))
     risk, bound = cfg.exit.risk
     point = choose_operating_point(
         score=cfg.exit.score_or(), risk=risk, bound=bound, delta=cfg.exit.delta,

@@ -470,10 +470,10 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     :func:`pipelines.evaluate.evaluate`) with ``operating_point`` (its summary),
     ``paper`` (validation at the paper's rule) and, if the manifest has a test split,
     ``test`` and ``test_paper``."""
-    from frameexit.checkpoint import store_operating_point
+    from frameexit.checkpoint import load_model_checkpoint, store_operating_point
     from frameexit.config import check_beta
     from frameexit.operating_point import paper_threshold, summary
-    from pipelines.evaluate import calibrate_on_cache
+    from pipelines.evaluate import calibrate_on_cache, read_cache_outputs
 
     paths = RunPaths(cfg)
     check_beta(cfg.train.beta, cfg.model.num_steps, multi_label=cfg.model.multi_label)
@@ -505,23 +505,32 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         stage2 = run_stage2(cfg, stage1, cache)
     else:
         log.info("stage 2: reusing %s", stage2)
+    # every step's outputs of val and test, read once: calibration and both rules use them
+    model, _ = load_model_checkpoint(stage2, storage_options=_options(cfg, stage2) or None)
+    val = cfg.data.val_split
+    outputs = {
+        split: read_cache_outputs(model, cache[split], _options(cfg, cache[split]))
+        for split in dict.fromkeys([val, *([test] if test else [])])
+    }
     point = calibrate_on_cache(
-        cfg, stage2, cache, shape_split=cfg.data.train_split, split=cfg.data.val_split
+        cfg, stage2, cache, shape_split=cfg.data.train_split, split=val, held=outputs[val]
     )
     store_operating_point(stage2, point, storage_options=paths.options)
     tau = paper_threshold(cfg.model)
-    metrics = evaluate(cfg, stage2, cache, operating_point=point)
+    metrics = evaluate(cfg, stage2, cache, operating_point=point, outputs=outputs[val])
     metrics["operating_point"] = summary(point, metrics["gflops_per_step"])
     metrics["paper"] = evaluate(
-        cfg, stage2, cache, threshold=tau, out=paths("eval", "paper"), plots=False
-    )
+        cfg, stage2, cache, threshold=tau, out=paths("eval", "paper"), plots=False,
+        outputs=outputs[val],
+    )  # fmt: skip
     if test:
         metrics["test"] = evaluate(
-            cfg, stage2, cache, split=test, operating_point=point, out=paths("eval", test)
-        )
+            cfg, stage2, cache, split=test, operating_point=point, out=paths("eval", test),
+            outputs=outputs[test],
+        )  # fmt: skip
         metrics["test_paper"] = evaluate(
             cfg, stage2, cache, split=test, threshold=tau, out=paths("eval", f"{test}-paper"),
-            plots=False,
+            plots=False, outputs=outputs[test],
         )  # fmt: skip
     _track_results(cfg, metrics)
     skipped = _finish_skipped(cfg)
