@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixtures.kill import kill_label_run_after_parts
 
 from frameexit.backbones import backbone_spec
 from frameexit.checkpoint import load_model_checkpoint, save_model_checkpoint
@@ -280,30 +277,7 @@ def test_kill_midway_and_rerun_gives_the_rows_of_an_uninterrupted_run(
         "--input", mixed["manifest"], "--output", out, "--checkpoint", mixed["checkpoint"],
         "--no-progress", "label.batch_size=1", "label.part_size=2", *RUN_OVERRIDES[2:],
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_cluster["address"],
-        "FRAMEEXIT_LABEL_PART_DELAY_S": "1.5",  # slow commits: the kill lands mid-run
-        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "pipelines" / "label.py"), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while len(labeling.list_parts(out)) < 3:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no parts committed in time"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_label_run_after_parts(args, out, ray_cluster["address"], parts=3)
     partial = read_labels(out)
     total = mixed_run[0]["inputs"]
     assert 0 < len(partial) < total and partial["input_id"].is_unique

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
+from fixtures.kill import kill_label_run_after_parts
 
 from frameexit.backbones import backbone_spec
 from frameexit.checkpoint import load_model_checkpoint, save_model_checkpoint
@@ -152,28 +148,7 @@ def test_calibrate_on_the_corpus_exactly_once_through_a_crash(ray_cluster, corpu
         corpus["checkpoint"], "--no-progress", "--calibrate", "8", "--max-disagreement", "0.5",
         *RUN,
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_cluster["address"],
-        "FRAMEEXIT_LABEL_PART_DELAY_S": "1.5",
-        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "pipelines" / "label.py"), *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while len(labeling.list_parts(str(out))) < 2:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no parts committed in time"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_label_run_after_parts(args, str(out), ray_cluster["address"], parts=2)
     assert not (out / CALIBRATION_NAME).exists(), "the kill should land during calibration"
     partial = read_labels(str(out))
     assert 0 < len(partial) < 8 and partial["calibration"].all()
