@@ -126,10 +126,10 @@ class VideoOutcome:
 
 def as_decode_error(uri: str, error: BaseException) -> VideoDecodeError:
     """Any failure while reading a video as a typed ``VideoDecodeError`` (``unreadable``
-    unless it already is one)."""
-    if isinstance(error, VideoDecodeError):
-        return error
-    return VideoDecodeError(uri, "unreadable", f"{type(error).__name__}: {error}")
+    unless it already is one): ``frameexit.video.errors.classify_failure``."""
+    from frameexit.video.errors import classify_failure
+
+    return classify_failure(uri, error)
 
 
 def reader_opener(cfg: Config) -> Opener:

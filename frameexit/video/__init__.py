@@ -8,7 +8,8 @@
 
 See ``frameexit.video.reader`` for what is fetched when, exactness and the time bound.
 Errors are ``VideoDecodeError`` (``frameexit.video.VideoDecodeError``, the same class as
-``frameexit.errors.VideoDecodeError``).
+``frameexit.errors.VideoDecodeError``); ``classify_failure`` makes one of any exception
+raised while reading a video.
 """
 
 # PyAV must be loaded before decord: decord loads its own FFmpeg (with libvpx inside)
@@ -16,6 +17,7 @@ Errors are ``VideoDecodeError`` (``frameexit.video.VideoDecodeError``, the same 
 import av  # noqa: F401, I001
 
 from frameexit.errors import VideoDecodeError
+from frameexit.video.errors import classify_failure
 from frameexit.video.reader import (
     BACKENDS,
     DEFAULT_RANGE_MIN_BYTES,
@@ -34,6 +36,7 @@ __all__ = [
     "FETCH_MODES",
     "VideoDecodeError",
     "VideoReader",
+    "classify_failure",
     "clip_indices",
     "open_video",
     "read_frames",

@@ -16,12 +16,12 @@ reads against the table it built from these offsets.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-ReadAt = Callable[[int, int], bytes]
+from frameexit.video.containers import ReadAt, mp4_boxes
 
 _MAX_MOOV_BYTES = 256 * 1024 * 1024
 
@@ -35,27 +35,19 @@ class SampleTable:
     offsets: np.ndarray  # int64 [n]: pts[k] - dts[k] before FFmpeg's shifts (ctts; 0 if none)
 
 
-def _boxes(data: bytes | memoryview, start: int = 0, end: int | None = None) -> Iterator:
-    """``(type, payload_start, payload_end)`` of the boxes in ``data[start:end]``."""
+def _boxes(
+    data: memoryview, start: int = 0, end: int | None = None
+) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, payload_start, payload_end)`` of the boxes in ``data[start:end]`` (up to the
+    first one that does not fit)."""
     end = len(data) if end is None else end
-    offset = start
-    while offset + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, offset)
-        header = 8
-        if size == 1:
-            if offset + 16 > end:
-                return
-            size = struct.unpack_from(">Q", data, offset + 8)[0]
-            header = 16
-        elif size == 0:
-            size = end - offset
-        if size < header or offset + size > end:
+    for box in mp4_boxes(lambda offset, n: data[offset : offset + n], end, start):
+        if box.problem is not None:
             return
-        yield kind, offset + header, offset + size
-        offset += size
+        yield box.kind, box.payload, box.end
 
 
-def _child(data: bytes | memoryview, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+def _child(data: memoryview, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
     for k, a, b in _boxes(data, start, end):
         if k == kind:
             return a, b
@@ -63,28 +55,16 @@ def _child(data: bytes | memoryview, start: int, end: int, kind: bytes) -> tuple
 
 
 def find_moov(read_at: ReadAt, size: int) -> bytes | None:
-    """The payload of the top-level ``moov`` box, wherever it is (start or end)."""
-    offset = 0
-    while offset + 8 <= size:
-        head = read_at(offset, 16)
-        if len(head) < 8:
+    """The payload of the top-level ``moov`` box, wherever it is (start or end); None if
+    the boxes before it do not fit in ``size`` bytes or it is over 256 MiB."""
+    for box in mp4_boxes(read_at, size):
+        if box.problem is not None:
             return None
-        box_size, kind = struct.unpack_from(">I4s", head)
-        header = 8
-        if box_size == 1:
-            if len(head) < 16:
+        if box.kind == b"moov":
+            if box.size > _MAX_MOOV_BYTES:
                 return None
-            box_size, header = struct.unpack_from(">Q", head, 8)[0], 16
-        elif box_size == 0:
-            box_size = size - offset
-        if box_size < header or offset + box_size > size:
-            return None
-        if kind == b"moov":
-            if box_size > _MAX_MOOV_BYTES:
-                return None
-            data = read_at(offset + header, box_size - header)
-            return data if len(data) == box_size - header else None
-        offset += box_size
+            data = read_at(box.payload, box.end - box.payload)
+            return data if len(data) == box.end - box.payload else None
     return None
 
 

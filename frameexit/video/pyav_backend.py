@@ -51,20 +51,17 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from frameexit.errors import VideoDecodeError
+from frameexit.video.containers import (
+    AVI_CHUNK_HEADER,
+    MP4_FORMAT,
+    PTS_FORMATS,
+    is_not_video,
+    riff_complete,
+)
 from frameexit.video.mp4_index import find_moov, sample_tables
 
-# Demuxers that accept almost anything (text as ANSI art, single images): not videos.
-_NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf", "image2", "lavfi"}
-_NOT_VIDEO_CODECS = {"ansi", "bintext", "xbin", "idf"}
-
-_MP4 = "mov,mp4,m4a,3gp,3g2,mj2"
-# Containers that store presentation timestamps. Elsewhere (AVI, raw streams) packet
-# "pts" may be decode-order labels, so the frame table is checked by decoding the start.
-_PTS_FORMATS = (_MP4, "matroska,webm")
 _MAX_REORDER = 4  # B-frames in a row assumed at most, where pts cannot say
 _PTS_CHECK_FRAMES = 16
-# An AVI index entry points at the chunk header; the packet's payload follows it.
-_AVI_CHUNK_HEADER = 8
 # Packets past the frame that the decoder may need before it outputs that frame.
 _REORDER_SLACK = 4
 # Decoder sessions kept parked besides the active one, and the decoding a parked session
@@ -167,11 +164,7 @@ class PyAVDecoder:
             if not videos:
                 raise VideoDecodeError(self.uri, "not_video", "no video stream in the container")
             vs = videos[0]
-            if (
-                container.format.name in _NOT_VIDEO_FORMATS
-                or container.format.name.endswith("_pipe")  # a single image (png_pipe, ...)
-                or vs.codec_context.name in _NOT_VIDEO_CODECS
-            ):
+            if is_not_video(container.format.name, vs.codec_context.name):
                 raise VideoDecodeError(
                     self.uri,
                     "not_video",
@@ -234,7 +227,7 @@ class PyAVDecoder:
         self.num_frames = self.decodable
         self.truncated = False
         self._verify = True
-        if not self.ordinal and self.format_name not in _PTS_FORMATS:
+        if not self.ordinal and self.format_name not in PTS_FORMATS:
             try:
                 self.ordinal = not self._pts_follow_display_order()
             except NeedScan:
@@ -247,7 +240,7 @@ class PyAVDecoder:
         vs, fmt, src = self.stream, self.format_name, self._source
         entries = vs.index_entries
         n = len(entries)
-        if fmt not in (_MP4, "avi"):
+        if fmt not in (MP4_FORMAT, "avi"):
             return f"container {fmt!r} has no per-frame index"
         if n == 0 or src is None:
             return "no sample index" if n == 0 else "no byte access to the file"
@@ -260,9 +253,9 @@ class PyAVDecoder:
         if fmt == "avi":
             if vs.codec_context.has_b_frames:
                 return "AVI with frame reordering: packet pts are not in the index"
-            if not _avi_complete(src):
+            if not riff_complete(src.read_at, src.size):
                 return "AVI shorter than its RIFF header says"
-            pos = [p + _AVI_CHUNK_HEADER for p in pos]
+            pos = [p + AVI_CHUNK_HEADER for p in pos]
             pts = list(dts)
         else:
             if n != self.declared_frames:
@@ -322,7 +315,7 @@ class PyAVDecoder:
         self.truncated = error is not None or missing > 0
         self.num_frames = n + missing
         end = getattr(self._source, "size", None)
-        header = _AVI_CHUNK_HEADER if self.format_name == "avi" else 0  # AVI: pos of the chunk
+        header = AVI_CHUNK_HEADER if self.format_name == "avi" else 0  # AVI: pos of the chunk
         if (
             self.truncated
             and len(pos) > 1
@@ -343,7 +336,7 @@ class PyAVDecoder:
         self._verify = False
         self._reset_session()
         self.mode = "scan"
-        if not self.ordinal and self.format_name not in _PTS_FORMATS:
+        if not self.ordinal and self.format_name not in PTS_FORMATS:
             self.ordinal = not self._pts_follow_display_order()
         if self.truncated and self.ordinal and self.stream.codec_context.has_b_frames:
             # frame i is the i-th output: the last outputs of a cut stream with B-frames
@@ -359,7 +352,8 @@ class PyAVDecoder:
         """The header's frame count where it is evidence of missing frames. An AVI header
         also counts dropped (empty) frames, so there it only counts when the file is
         shorter than its RIFF header says."""
-        if self.format_name == "avi" and self._source is not None and _avi_complete(self._source):
+        src = self._source
+        if self.format_name == "avi" and src is not None and riff_complete(src.read_at, src.size):
             return 0
         return self.declared_frames
 
@@ -781,14 +775,6 @@ class PyAVDecoder:
         if self.container is not None:
             self.container.close()
             self.container = None
-
-
-def _avi_complete(source: Any) -> bool:
-    """True if the RIFF header's size fits in the file (an AVI that was not cut)."""
-    head = source.read_at(0, 12)
-    if head[:4] != b"RIFF" or len(head) < 12:
-        return False
-    return int.from_bytes(head[4:8], "little") + 8 <= source.size
 
 
 def _displayed_after_a_gap(

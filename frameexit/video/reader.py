@@ -54,16 +54,10 @@ from typing import Any
 import numpy as np
 
 from frameexit.errors import VideoDecodeError
-from frameexit.storage import classify_storage_error
 from frameexit.video.decord_backend import DecordDecoder
+from frameexit.video.errors import classify_failure
 from frameexit.video.pyav_backend import Cancelled, PyAVDecoder
-from frameexit.video.source import (
-    DEFAULT_RANGE_MIN_BYTES,
-    FETCH_MODES,
-    Source,
-    _error_for,
-    classify_open_failure,
-)
+from frameexit.video.source import DEFAULT_RANGE_MIN_BYTES, FETCH_MODES, Source
 
 BACKENDS = ("auto", "pyav", "decord")
 DEFAULT_TIMEOUT_S = 120.0
@@ -242,10 +236,8 @@ class VideoReader:
             )
         except (VideoDecodeError, Cancelled):
             raise
-        except (FileNotFoundError, PermissionError) as exc:
-            raise _error_for(self.uri, exc) from exc
         except Exception as exc:  # noqa: BLE001 - av.error.* and I/O errors from the file
-            raise classify_open_failure(src, exc) from exc
+            raise classify_failure(self.uri, exc, stage="open", source=src) from exc
 
     def _use(self, decoder: Any, name: str) -> None:
         self._decoder = decoder
@@ -287,11 +279,7 @@ class VideoReader:
         except (VideoDecodeError, Cancelled):
             raise
         except Exception as exc:  # noqa: BLE001 - decord/av/storage errors become typed
-            if classify_storage_error(exc) is not None:  # storage, not the data
-                raise _error_for(self.uri, exc) from exc
-            raise VideoDecodeError(
-                self.uri, "unreadable", f"{type(exc).__name__} while decoding: {exc}"
-            ) from exc
+            raise classify_failure(self.uri, exc, stage="decode") from exc
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at ``indices`` (0-based, repeats allowed) as uint8 ``[n, H, W, 3]`` RGB,

@@ -15,8 +15,9 @@ Local files are opened in place. Remote objects (``fetch``):
              missing in one request per gap (before a full scan).
 
 Errors at this stage become ``VideoDecodeError`` kinds ``missing``, ``access_denied``,
-``empty`` or ``unreadable``; ``classify_open_failure`` tells ``not_video`` from
-``truncated`` when the container cannot be opened.
+``empty``, ``too_large``, a retryable storage kind or ``unreadable``
+(``errors.classify_failure``, which also tells ``not_video`` from ``truncated`` when the
+container cannot be opened).
 """
 
 from __future__ import annotations
@@ -30,30 +31,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from frameexit.errors import VideoDecodeError
-from frameexit.storage import classify_storage_error, is_local, url_to_fs
+from frameexit.storage import is_local, url_to_fs
+from frameexit.video.errors import classify_failure
 
 FETCH_MODES = ("auto", "whole", "ranges")
 DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_RANGE_MIN_BYTES = 256 * 1024
 HEAD_BYTES = 64 * 1024
-
-_MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot", b"uuid", b"styp"}
-
-
-def _error_for(uri: str, exc: BaseException) -> VideoDecodeError:
-    """Map a storage exception to a typed error (never includes storage options)."""
-    if isinstance(exc, VideoDecodeError):
-        return exc
-    if isinstance(exc, FileNotFoundError):
-        return VideoDecodeError(uri, "missing", "no such file or object")
-    if isinstance(exc, IsADirectoryError):
-        return VideoDecodeError(uri, "missing", "is a directory, not a file")
-    if isinstance(exc, PermissionError):
-        return VideoDecodeError(
-            uri, "access_denied", f"access denied (check credentials/permissions): {exc}"
-        )
-    kind = classify_storage_error(exc)  # throttled / unavailable / timeout: retryable
-    return VideoDecodeError(uri, kind or "unreadable", f"{type(exc).__name__}: {exc}")
 
 
 def _whole_get_options(fs: Any, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -215,7 +199,7 @@ class Source:
             else:
                 self._open_remote(fetch, storage_options, max(int(range_min_bytes), 1))
         except Exception as exc:  # noqa: BLE001 - every storage failure becomes typed
-            raise _error_for(self.uri, exc) from exc
+            raise classify_failure(self.uri, exc, stage="fetch") from exc
         if self.size == 0:
             raise VideoDecodeError(self.uri, "empty", "the file has zero bytes")
 
@@ -354,52 +338,3 @@ def _first_bytes(fs: Any, path: str, n: int) -> tuple[bytes, int | None]:
         return body, int(total) if total.isdigit() else None
 
     return sync(fs.loop, get)
-
-
-def classify_open_failure(source: Source, exc: BaseException) -> VideoDecodeError:
-    """Why a container could not be opened: ``truncated`` if it is a recognised video
-    container whose declared sizes run past the end of the file (or an MP4 without its
-    ``moov`` index, i.e. never finalised), ``unreadable`` for other damage to a recognised
-    container, ``not_video`` for anything else."""
-    uri, size = source.uri, source.size
-    detail = f"{type(exc).__name__}: {exc}"
-    head = source.read_at(0, 16)
-    if len(head) >= 8 and head[4:8] in _MP4_BOXES:
-        offset, seen = 0, set()
-        while offset < size:
-            box = source.read_at(offset, 16)
-            if len(box) < 8:
-                return VideoDecodeError(uri, "truncated", f"MP4 box header cut at byte {offset}")
-            box_size, box_type = int.from_bytes(box[:4], "big"), box[4:8]
-            if box_size == 1 and len(box) >= 16:
-                box_size = int.from_bytes(box[8:16], "big")
-            elif box_size == 0:
-                box_size = size - offset
-            if box_size < 8:
-                return VideoDecodeError(uri, "unreadable", f"corrupt MP4 box at byte {offset}")
-            if offset + box_size > size:
-                return VideoDecodeError(
-                    uri,
-                    "truncated",
-                    f"MP4 box {box_type.decode('latin-1')!r} at byte {offset} declares "
-                    f"{box_size} bytes but the file ends at {size}",
-                )
-            seen.add(box_type)
-            offset += box_size
-        if b"moov" not in seen:
-            return VideoDecodeError(
-                uri, "truncated", "MP4 without a 'moov' box (recording never finalised)"
-            )
-        return VideoDecodeError(uri, "unreadable", f"damaged MP4: {detail}")
-    if head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX"):
-        declared = int.from_bytes(head[4:8], "little") + 8
-        if declared > size:
-            return VideoDecodeError(
-                uri, "truncated", f"AVI declares {declared} bytes but the file has {size}"
-            )
-        return VideoDecodeError(uri, "unreadable", f"damaged AVI: {detail}")
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return VideoDecodeError(uri, "unreadable", f"damaged Matroska/WebM: {detail}")
-    if head[:1] == b"\x47" and source.read_at(188, 1) == b"\x47":
-        return VideoDecodeError(uri, "unreadable", f"damaged MPEG-TS: {detail}")
-    return VideoDecodeError(uri, "not_video", f"not a video container ({detail})")
