@@ -25,7 +25,7 @@ Rows:
   exact (default)            backend="auto" = PyAV, frame table from the sample index
   exact, no plan             the same without ``plan`` (no frames kept for later steps)
   exact, fetch whole         S3: one GET of the whole object
-  exact, fetch auto          S3: the default (ranges above data.decode_range_min_bytes)
+  exact, fetch auto          S3: the default (ranges above data.decode.range_min_bytes)
   exact, fetch ranges        S3: header + the packets each step decodes
   torchcodec exact           torchcodec VideoDecoder(seek_mode="exact"), if installed
   sequential ...             decode every frame in order (reference throughput)

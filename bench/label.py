@@ -195,8 +195,8 @@ def walk_costs(uris, cfg, options, frames_of, server_pid=None, plan=True) -> dic
     for uri in uris:
         s0 = _proc_cpu_s(server_pid) if server_pid else 0.0
         c0 = time.process_time()
-        src = Source(uri, storage_options=options, fetch=d.decode_fetch,
-                     range_min_bytes=d.decode_range_min_bytes)  # fmt: skip
+        src = Source(uri, storage_options=options, fetch=d.decode.fetch,
+                     range_min_bytes=d.decode.range_min_bytes)  # fmt: skip
         c1 = time.process_time()
         dec = PyAVDecoder(src.pyav_input, uri, source=src)
         c2 = time.process_time()

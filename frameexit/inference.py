@@ -132,26 +132,13 @@ def as_decode_error(uri: str, error: BaseException) -> VideoDecodeError:
     return classify_failure(uri, error)
 
 
-def reader_opener(cfg: Config) -> Opener:
-    """``uri -> VideoReader`` with the run's decode settings (backend, time budget, fetch
-    mode and its size threshold) and ``data.storage_options`` for remote URIs."""
-    from frameexit.storage import options_for
+def _reader_of(cfg: Config) -> Opener:
+    """``uri -> VideoReader`` with the run's ``data.decode`` options and credentials."""
     from frameexit.video import open_video
 
-    d = cfg.data
-
-    def open_reader(uri: str) -> Any:
-        return open_video(
-            uri,
-            storage_options=options_for(uri, d.storage_options) or None,
-            timeout_s=d.decode_timeout_s,
-            backend=d.decode_backend,
-            fetch=d.decode_fetch,
-            range_min_bytes=d.decode_range_min_bytes,
-            max_bytes=d.max_video_bytes,
-        )
-
-    return open_reader
+    return lambda uri: open_video(
+        uri, cfg.data.decode, storage_options=cfg.data.storage_options or None
+    )
 
 
 @dataclass(eq=False)
@@ -187,8 +174,8 @@ class BatchFrameSource:
         requests: Sequence[VideoRequest],
         cfg: Config,
         *,
-        open_reader: Opener,
         pool: Executor,
+        open_reader: Opener | None = None,
         plan: DevicePlan | None = None,
     ) -> None:
         from frameexit.backbones import backbone_spec
@@ -197,7 +184,8 @@ class BatchFrameSource:
         m = cfg.model
         self.cfg = cfg
         self.pool = pool
-        self.open_reader = open_reader
+        # default: frameexit.video.open_video with the run's data.decode and credentials
+        self.open_reader = open_reader or _reader_of(cfg)
         self.policy = get_policy(m.policy)
         spec = backbone_spec(m.backbone)
         self.mean, self.std = spec.mean, spec.std
@@ -342,7 +330,7 @@ def label_videos(
     if plan is None:
         plan = DevicePlan(next(model.parameters()).device)
     source = BatchFrameSource(
-        requests, cfg, open_reader=open_reader or reader_opener(cfg), pool=pool, plan=plan
+        requests, cfg, open_reader=open_reader, pool=pool, plan=plan
     )
     try:
         source.open()

@@ -91,16 +91,18 @@ def _row(**values: Any) -> dict[str, Any]:
 
 def check_batch(batch: pd.DataFrame, *, cfg: Any, run_id: str) -> pa.Table:
     """Ray Data task body: one check row per input row (header, one decoded frame)."""
-    from frameexit.inference import as_decode_error, reader_opener
+    from frameexit.inference import as_decode_error
+    from frameexit.video import open_video
 
     cfg = unshared(cfg)
-    opener = reader_opener(cfg)
     rows = []
     for r in batch.itertuples(index=False):
         base = dict(row=int(r.row), input_id=str(r.input_id), video=str(r.video),
                     attempts=int(r.attempts), run_id=run_id)  # fmt: skip
         try:
-            with opener(str(r.video)) as reader:
+            with open_video(
+                str(r.video), cfg.data.decode, storage_options=cfg.data.storage_options
+            ) as reader:
                 info = reader.info
                 present = int(info["decodable_frames"])
                 if present < 1:
@@ -267,8 +269,7 @@ def _write_outputs(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog=config_help(["data"], fields=None)
-        + "\n  label.lease_seconds, label.part_size, label.retry (resume)"
+        epilog=config_help("check")
         + "\nexit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/manifest, "
         "3 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -17,7 +17,7 @@
     {"frames": [T,3,S,S] f16, "target": int64 | [K] f32, "video": str, "row": int64}
       │
       └─► Ray Train: get_dataset_shard("train").iter_torch_batches(...)   (stage 1)
-      └─► map_batches(FeatureExtractor) ─► Parquet feature cache          (stage 2)
+      └─► map_batches(FeatureExtractor) ─► Parquet feature cache  (stage 2, pipelines.features)
 
 Streaming, bounded memory: nothing but the manifest is ever materialised. Object-store
 use is bounded by (1) ``ingest_options``: ``resource_limits.object_store_memory`` =
@@ -181,10 +181,10 @@ class DecodeVideos:
     ) -> tuple[np.ndarray, int]:
         """The policy's T frames (or clips) of the video, or of its [start, end) segment
         (``known``: the frame count a checked manifest measured)."""
-        from frameexit.inference import reader_opener
+        from frameexit.video import open_video
 
-        m = self.cfg.model
-        with reader_opener(self.cfg)(uri) as reader:
+        m, d = self.cfg.model, self.cfg.data
+        with open_video(uri, d.decode, storage_options=d.storage_options) as reader:
             window = open_window(reader, uri, start, end, known_frames=known)
             indices = step_indices(window, self.policy, m.num_steps, seed=seed)
             return read_steps(reader, indices, m.clip_length), window.num_frames
@@ -254,80 +254,6 @@ def _stack(out: dict[str, list], cfg: Config) -> dict[str, np.ndarray]:
         "num_frames": np.asarray(out["num_frames"], dtype=np.int64),
         "view": np.asarray(out["view"], dtype=np.int64),
     }
-
-
-# --- features of decoded frames (runs in Ray Data actors) -----------------------------
-
-
-class FeatureExtractor:
-    """Ray Data actor: decoded frames → z_1..z_T, per-step logits and losses (the stage-2
-    feature cache), or with ``steps_only`` just every step's logits and exit
-    probabilities (evaluation of a trained model: a few numbers per video, not T × D)."""
-
-    def __init__(
-        self,
-        model_uri: str,
-        storage_options: Any,
-        use_gpu: bool,
-        steps_only: bool = False,
-    ) -> None:
-        import torch
-
-        from frameexit.checkpoint import load_model_checkpoint
-
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model, self.cfg = load_model_checkpoint(
-            model_uri, storage_options=unshared(storage_options) or None, device=self.device
-        )
-        self.steps_only = steps_only
-
-    def __call__(self, batch: dict) -> dict:
-        import numpy as np
-        import torch
-
-        from frameexit.losses import per_step_losses
-
-        with torch.no_grad():
-            frames = torch.from_numpy(np.array(batch["frames"])).to(self.device, torch.float32)
-            target = torch.from_numpy(np.array(batch["target"])).to(self.device)
-            out = self.model(frames)
-            losses = per_step_losses(out.logits.float(), target, self.cfg.model.multi_label)
-        target_np = np.asarray(batch["target"])
-        if self.steps_only:
-            logits, probs, first = self.model.step_outputs(out.features)
-            result = {
-                "video": batch["video"],
-                "row": batch["row"],
-                "view": batch["view"],
-                "target": target_np,
-                "logits": logits.float().cpu().numpy(),
-                "gate_probs": probs.float().cpu().numpy(),
-            }
-            if first is not None:
-                result["first_exits"] = first.cpu().numpy()
-            return result
-        if self.cfg.model.multi_label:
-            label_ids = [np.flatnonzero(row).astype(np.int32) for row in target_np]
-        else:
-            label_ids = [np.asarray([t], dtype=np.int32) for t in target_np]
-        return {
-            "video": batch["video"],
-            "row": batch["row"],
-            "label_ids": _object_column(label_ids),
-            "target": target_np,
-            "num_frames": batch["num_frames"],
-            "features": out.features.float().cpu().numpy(),
-            "logits": out.logits.float().cpu().numpy(),
-            "step_losses": losses.float().cpu().numpy(),
-        }
-
-
-def _object_column(items: list) -> Any:
-    import numpy as np
-
-    column = np.empty(len(items), dtype=object)
-    column[:] = items
-    return column
 
 
 # --- the dataset ----------------------------------------------------------------------

@@ -253,7 +253,8 @@ def evaluate_checkpoint(
     from frameexit.evaluation import evaluate_outputs
     from frameexit.flops import StepCost, step_gflops
     from pipelines.common import ensure_ray, shared
-    from pipelines.data import FeatureExtractor, video_dataset
+    from pipelines.data import video_dataset
+    from pipelines.features import FeatureExtractor
     from pipelines.report import write_evaluation
 
     if views < 1:
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(
         description="Evaluate a FrameExit checkpoint on a split of a manifest (decodes it)",
-        epilog=config_help(["data"])
+        epilog=config_help("evaluate")
         + "\nexit codes: 0 done, 2 bad arguments/config/checkpoint, 3 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

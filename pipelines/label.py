@@ -55,7 +55,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/label.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frameexit.config import config_help  # noqa: E402
+from frameexit.config import config_help, fields_with  # noqa: E402
 from pipelines.common import run_command, setup_logging  # noqa: E402
 from pipelines.labeling import format_summary, run_labeling  # noqa: E402
 
@@ -65,8 +65,8 @@ log = logging.getLogger("frameexit.label")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog=config_help(["label", "exit", "data"])
-        + "\n  model.exit_threshold, model.first_step_threshold, model.policy (with --checkpoint)"
+        epilog=config_help("label")
+        + f"\n  {', '.join(fields_with('checkpoint_override'))} (may change with --checkpoint)"
         + "\nexit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/config, "
         "3 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -33,14 +33,15 @@ from typing import Any
 
 import torch
 
-from frameexit.config import config_from_dict
 from frameexit.training import (
     GateHead,
     epoch_lr,
+    gate_epoch,
+    gate_metrics,
+    gate_sums,
     make_optimizer,
     set_lr,
     stage1_step,
-    stage2_step,
     unwrap,
 )
 from pipelines.common import quiet_train_logs, unshared
@@ -83,7 +84,7 @@ def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
 
 
 def _maybe_fail(fault: dict[str, Any] | None, stage: int, epoch: int, rank: int) -> None:
-    """Test hook (``FRAMEEXIT_INJECT_FAULT``): raise after ``epoch``'s checkpoint, once if a
+    """Test hook ``train.fail_after_epoch`` (frameexit.testing.hooks): raise after ``epoch``'s checkpoint, once if a
     marker file is given, else always."""
     if not fault or fault.get("stage") != stage or fault.get("epoch") != epoch or rank != 0:
         return
@@ -120,7 +121,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
     from pipelines.data import set_epoch
 
     quiet_train_logs()
-    cfg = config_from_dict(unshared(config["cfg"]))
+    cfg = unshared(config["cfg"])
     stage, context = cfg.train.stage1, ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(cfg.train.seed)
@@ -238,43 +239,21 @@ def _validate(model, val_shard, cfg, device, dtypes, per_step_losses) -> dict[st
     }
 
 
-@torch.no_grad()
-def _validate_gates(head, val_shard, cfg, device, beta: float) -> dict[str, float]:
-    """Gate loss, pseudo-label rate and gate agreement on the cached validation split."""
-    head.eval()
-    loss_sum, positive, agree, seen, cells = 0.0, 0.0, 0.0, 0.0, 0.0
-    for batch in val_shard.iter_torch_batches(
-        batch_size=cfg.data.batch_size, dtypes=torch.float32, device=device
-    ):
-        loss, logits, labels = stage2_step(head, batch["features"], batch["step_losses"], beta)
-        loss_sum += float(loss) * labels.shape[0]
-        seen += labels.shape[0]
-        cells += labels.numel()
-        positive += float(labels.sum())
-        agree += float(((logits >= 0).float() == labels).sum())
-    loss_sum, positive, agree, seen, cells = _all_reduce(
-        [loss_sum, positive, agree, seen, cells], device
-    )
-    head.train()
-    return {
-        "val_loss": loss_sum / max(seen, 1),
-        "val_pseudo_label_rate": positive / max(cells, 1),
-        "val_gate_agreement": agree / max(cells, 1),
-        "val_videos": int(seen),
-    }
+def _gate_inputs(batches) -> Any:
+    """``(z, ℓ_t)`` pairs of Ray Data batches of the feature cache."""
+    return ((batch["features"], batch["step_losses"]) for batch in batches)
 
 
 def _save_best(model, cfg, config: dict[str, Any], epoch: int, metric: float) -> None:
     """Rank 0: the best model so far as a frameexit checkpoint (atomic, credentials
     redacted), so downstream stages use the epoch with the best validation metric."""
     from frameexit.checkpoint import save_model_checkpoint
-    from frameexit.config import config_to_dict
-    from frameexit.storage import redact
+    from frameexit.config import redacted
 
     name = _metric_name(cfg)
     save_model_checkpoint(
         model,
-        config_from_dict(redact(config_to_dict(cfg))),
+        redacted(cfg),
         config["best_uri"],
         storage_options=unshared(config.get("storage_options")) or None,
         extra={"stage": 1, "epoch": epoch, f"val_{name}": metric, "selected_by": f"val_{name}"},
@@ -290,7 +269,7 @@ def stage2_loop(config: dict[str, Any]) -> None:
     from frameexit.losses import set_stage
 
     quiet_train_logs()
-    cfg = config_from_dict(unshared(config["cfg"]))
+    cfg = unshared(config["cfg"])
     stage, context = cfg.train.stage2, ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(cfg.train.seed)
@@ -309,42 +288,28 @@ def stage2_loop(config: dict[str, Any]) -> None:
     beta = cfg.train.beta
     buffer = max(8 * cfg.data.batch_size, 256)  # rows: the cache follows the manifest order
     for epoch in range(start, stage.epochs):
-        set_lr(optimizer, epoch_lr(stage, epoch))
-        head.train()
         began = time.perf_counter()
-        loss_sum, positive, agree, seen, cells = 0.0, 0.0, 0.0, 0.0, 0.0
-        for batch in shard.iter_torch_batches(
+        batches = shard.iter_torch_batches(
             batch_size=cfg.data.batch_size,
             dtypes=torch.float32,
             device=device,
             local_shuffle_buffer_size=buffer,
             local_shuffle_seed=cfg.train.seed * 1000 + epoch + rank,
-        ):
-            loss, logits, labels = stage2_step(head, batch["features"], batch["step_losses"], beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = labels.shape[0]
-            loss_sum += float(loss.detach()) * n
-            seen += n
-            cells += labels.numel()
-            positive += float(labels.sum())
-            agree += float(((logits.detach() >= 0).float() == labels).sum())
-        loss_sum, positive, agree, seen, cells = _all_reduce(
-            [loss_sum, positive, agree, seen, cells], device
         )
+        sums = gate_epoch(head, optimizer, stage, epoch, _gate_inputs(batches), beta)
         metrics = {
             "stage": 2,
             "epoch": epoch + 1,
             "resumed_from": start,
             "lr": optimizer.param_groups[0]["lr"],
-            "loss": loss_sum / max(seen, 1),
-            "pseudo_label_rate": positive / max(cells, 1),
-            "gate_agreement": agree / max(cells, 1),
-            "videos": int(seen),
+            **gate_metrics(_all_reduce(sums, device)),
         }
         if val_shard is not None:
-            metrics.update(_validate_gates(head, val_shard, cfg, device, beta))
+            val = val_shard.iter_torch_batches(
+                batch_size=cfg.data.batch_size, dtypes=torch.float32, device=device
+            )
+            sums = gate_sums(head, _gate_inputs(val), beta)
+            metrics.update(gate_metrics(_all_reduce(sums, device), "val_"))
         metrics["seconds"] = time.perf_counter() - began
         _end_epoch(metrics, stage.epochs, gates, optimizer, rank, config.get("fault"))
     if start >= stage.epochs:

@@ -6,6 +6,7 @@
        Ray Data decode ─► Ray Train DDP (L_cls), checkpoint every epoch in {run}/ray/stage1
     build_feature_cache(cfg, stage1, splits) ─► {split: {run}/features/{split}}
        Ray Data batch inference, once per video: z_1..z_T, logits, per-step losses
+       (pipelines.features)
     run_stage2(cfg, stage1, cache)           ─► {run}/checkpoints/stage2.pt
        Ray Train DDP on the cache (L_gate, gates only; the backbone never runs)
     evaluate(cfg, stage2, cache)             ─► metrics dict; {run}/eval/  (pipelines.evaluate)
@@ -20,62 +21,54 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
-from frameexit.config import Config, config_from_dict, config_to_dict
+from frameexit.config import (
+    Config,
+    config_to_dict,
+    fields_with,
+    flatten,
+    redacted,
+    save_config,
+    upgrade,
+)
 from frameexit.errors import ConfigError
 from frameexit.storage import (
     exists,
-    join_uri,
-    list_files,
     options_for,
     pyarrow_filesystem,
     read_bytes,
     redact,
-    remove,
     url_to_fs,
     write_text,
 )
+from frameexit.testing import hooks
 from pipelines.common import RunPaths, ensure_ray, shared, verbose
 from pipelines.data import (
-    FeatureExtractor,
-    collect_skipped,
     ingest_options,
     training_columns,
     video_dataset,
 )
 from pipelines.evaluate import evaluate
+from pipelines.features import build_feature_cache, file_sha256, finish_skipped
 
 log = logging.getLogger("frameexit.pipelines")
 
-FAULT_ENV = "FRAMEEXIT_INJECT_FAULT"  # test hook: "STAGE:EPOCH[:MARKER]", see loops._maybe_fail
-
-
-# --- config hygiene -------------------------------------------------------------------
-
-
-def redacted(cfg: Config) -> Config:
-    """A copy of ``cfg`` without credentials (what gets written to config.yaml/checkpoints)."""
-    return config_from_dict(redact(config_to_dict(cfg)))
 
 
 def write_config(cfg: Config) -> str:
-    """Write the resolved (redacted) config next to the run's outputs; return its URI."""
-    import yaml
-
+    """Write the resolved config (credentials masked) next to the run's outputs."""
     paths = RunPaths(cfg)
-    text = yaml.safe_dump(config_to_dict(redacted(cfg)), sort_keys=False)
-    write_text(paths.config, text, storage_options=paths.options)
-    return paths.config
+    return save_config(cfg, paths.config, storage_options=paths.options)
 
 
 def _fault(stage: int) -> dict[str, Any] | None:
-    spec = os.environ.get(FAULT_ENV, "")
+    """The test hook ``train.fail_after_epoch`` (frameexit.testing.hooks) for ``stage``."""
+    spec = hooks.value("train.fail_after_epoch")
     if not spec:
         return None
-    parts = spec.split(":", 2)
+    parts = str(spec).split(":", 2)
     if int(parts[0]) != stage:
         return None
     return {"stage": stage, "epoch": int(parts[1]), "marker": parts[2] if len(parts) > 2 else None}
@@ -197,7 +190,7 @@ def run_stage1(cfg: Config) -> str:
             stage1_loop,
             "stage1",
             {
-                "cfg": shared(config_to_dict(cfg)),
+                "cfg": shared(cfg),
                 "fault": _fault(1),
                 "clock": clock,
                 "validate": validate,
@@ -228,7 +221,7 @@ def run_stage1(cfg: Config) -> str:
     else:
         extra = {**extra, "selected_epoch": int(state["epoch"]), "selected_by": "last epoch"}
     save_model_checkpoint(model, redacted(cfg), uri, storage_options=paths.options, extra=extra)
-    _finish_skipped(cfg)
+    finish_skipped(cfg)
     log.info(
         "stage 1 done in %.0f s (%d epochs, model of epoch %d by %s): %s",
         time.perf_counter() - began,
@@ -279,7 +272,7 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
         stage2_loop,
         name,
         {
-            "cfg": shared(config_to_dict(cfg)),
+            "cfg": shared(cfg),
             "stage1_uri": stage1_uri,
             "storage_options": shared(_options(cfg, stage1_uri)),
             "fault": _fault(2),
@@ -310,107 +303,17 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
     return uri
 
 
-# --- feature cache --------------------------------------------------------------------
-
-
-def build_feature_cache(
-    cfg: Config, model_uri: str, splits: list[str] | tuple[str, ...], *, resume: bool = False
-) -> dict[str, str]:
-    """Run the stage-1 model once over every video of ``splits`` (Ray Data batch inference)
-    and write ``{run}/features/{split}/*.parquet``; returns ``{split: uri}``.
-
-    Per video: ``video, row, label_ids, target, num_frames, features [T, D]`` (pooled
-    z_1..z_T), ``logits [T, K]``, ``step_losses [T]``. A split whose ``_SUCCESS`` marker
-    exists is reused when ``resume``.
-    """
-    import ray.data
-
-    ensure_ray(cfg)
-    paths = RunPaths(cfg)
-    model_hash = _file_sha256(model_uri, _options(cfg, model_uri))
-    out: dict[str, str] = {}
-    # one reference for every split's actor pool, held until all of them are done
-    model_options = shared(_options(cfg, model_uri))
-    for split in splits:
-        uri = paths.features(split)
-        marker = join_uri(uri, "_SUCCESS")
-        if resume and exists(marker, storage_options=paths.options):
-            built_from = json.loads(read_bytes(marker, storage_options=paths.options))
-            if built_from.get("model_sha256") == model_hash:
-                log.info("feature cache %s: reusing %s", split, uri)
-                out[split] = uri
-                continue
-            log.info("feature cache %s: built from another stage-1 model; rebuilding", split)
-        began = time.perf_counter()
-        ds = video_dataset(cfg, split, train=False, skip_dir=paths.skipped_parts)
-        ds = ds.map_batches(
-            FeatureExtractor,
-            fn_constructor_kwargs={
-                "model_uri": model_uri,
-                "storage_options": model_options,
-                "use_gpu": cfg.train.use_gpu,
-            },
-            batch_size=cfg.data.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.train.num_workers)),
-            num_cpus=cfg.train.cpus_per_worker,
-            num_gpus=1 if cfg.train.use_gpu else 0,
-        )
-        remove(uri, recursive=True, storage_options=paths.options)
-        storage_fs, storage_path = pyarrow_filesystem(uri, paths.options)
-        ds.write_parquet(storage_path, filesystem=storage_fs)
-        # files, not rows: rows are counted by whoever reads the cache
-        count = len(list_files(uri, suffixes=[".parquet"], storage_options=paths.options))
-        record = {
-            "split": split,
-            "model": model_uri,
-            "model_sha256": model_hash,
-            "files": int(count),
-        }
-        write_text(marker, json.dumps(record), storage_options=paths.options)
-        log.info("feature cache %s: %s (%.0f s)", split, uri, time.perf_counter() - began)
-        out[split] = uri
-    _finish_skipped(cfg)
-    return out
-
-
 # --- evaluation and the whole pipeline ------------------------------------------------
 
 
-#: Fields a ``--resume`` may change: how much to train (epochs: extend a run), where and
-#: how fast it runs, how it is tracked — never what shapes the model, the data or the
-#: optimisation (those refuse, naming the field).
-RESUMABLE_FIELDS = (
-    "train.stage1.epochs",
-    "train.stage2.epochs",
-    "train.max_failures",
-    "train.num_workers",
-    "train.cpus_per_worker",
-    "train.use_gpu",
-    "train.val_every",
-    "train.tracking",
-    "train.mlflow_uri",
-    "exit",
-    "data.decode_concurrency",
-    "data.decode_timeout_s",
-    "data.decode_fetch",
-    "data.decode_range_min_bytes",
-    "data.storage_options",
-    "label",
-    "sweep",
-)
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
 def _manifest_sha256(cfg: Config) -> str:
-    return _file_sha256(cfg.data.manifest, _options(cfg, cfg.data.manifest))
+    return file_sha256(cfg.data.manifest, _options(cfg, cfg.data.manifest))
+
+
+def _outermost(names: Any) -> list[str]:
+    """``names`` without those inside another one listed (``label``, not ``label.top_k``)."""
+    names = list(names)
+    return [n for n in names if not any(n.startswith(o + ".") for o in names)]
 
 
 def check_resume(cfg: Config) -> None:
@@ -423,13 +326,14 @@ def check_resume(cfg: Config) -> None:
     if not exists(paths.config, storage_options=paths.options):
         return
     recorded = yaml.safe_load(read_bytes(paths.config, storage_options=paths.options)) or {}
-    before = _flatten(recorded)
-    now = _flatten(config_to_dict(redacted(cfg)))
+    before = flatten(upgrade(recorded))  # a run recorded with earlier field names
+    now = flatten(config_to_dict(redacted(cfg)))
+    resumable = fields_with("resumable")
     changed = sorted(
         key
         for key in set(before) | set(now)
         if before.get(key) != now.get(key)
-        and not any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS)
+        and not any(key == f or key.startswith(f + ".") for f in resumable)
     )
     record_uri = paths("run.json")
     if exists(record_uri, storage_options=paths.options):
@@ -444,7 +348,7 @@ def check_resume(cfg: Config) -> None:
             "--resume",
             f"run {paths.root} was made with another config: {shown}"
             + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
-            + f". Only {', '.join(RESUMABLE_FIELDS)} may change on resume; start a new run "
+            + f". Only {', '.join(_outermost(resumable))} may change on resume; start a new run "
             "(another train.name) instead",
         )
 
@@ -533,7 +437,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             plots=False, outputs=outputs[test],
         )  # fmt: skip
     _track_results(cfg, metrics)
-    skipped = _finish_skipped(cfg)
+    skipped = finish_skipped(cfg)
     metrics["skipped_videos"] = int(len(skipped))
     metrics["pipeline_seconds"] = time.perf_counter() - began
     metrics["run"] = paths.root
@@ -571,20 +475,6 @@ def _track_results(cfg: Config, metrics: dict[str, Any]) -> None:
 
 
 # --- small helpers --------------------------------------------------------------------
-
-
-def _finish_skipped(cfg: Config):
-    paths = RunPaths(cfg)
-    table = collect_skipped(paths.skipped_parts, paths.skipped, paths.options)
-    if len(table):
-        log.warning("%d videos skipped (failed to decode): %s", len(table), paths.skipped)
-    return table
-
-
-def _file_sha256(uri: str, options: dict[str, Any]) -> str:
-    import hashlib
-
-    return hashlib.sha256(read_bytes(uri, storage_options=options)).hexdigest()
 
 
 def _options(cfg: Config, uri: str) -> dict[str, Any]:

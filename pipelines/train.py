@@ -54,7 +54,7 @@ def fresh_name(cfg: Config) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog=config_help(["model", "data", "train", "exit"])
+        epilog=config_help("train")
         + "\nexit codes: 0 done, 2 bad arguments/config/manifest, 3 runtime failure "
         "(rerun with --resume)",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -25,7 +25,7 @@ def test_the_console_script_is_installed_and_lists_every_command():
     "command, fields",
     [
         ("train", ["model.backbone", "train.stage1.epochs", "train.tracking", "data.manifest"]),
-        ("label", ["label.batch_size", "label.retry", "data.decode_timeout_s", "--append"]),
+        ("label", ["label.batch_size", "label.retry", "data.decode.timeout_s", "--append"]),
         ("evaluate", ["--views", "--split", "data.manifest"]),
         ("sweep", ["--num-steps", "--betas"]),
         ("prepare", ["--video-root", "--uri-pattern", "--level"]),

@@ -99,8 +99,8 @@ def test_errors_survive_pickling() -> None:
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("data.decode_timeout_s=.inf", "data.decode_timeout_s"),
-        ("data.decode_timeout_s=.nan", "data.decode_timeout_s"),
+        ("data.decode.timeout_s=.inf", "data.decode.timeout_s"),
+        ("data.decode.timeout_s=.nan", "data.decode.timeout_s"),
         ("train.beta=.inf", "train.beta"),
         ("train.cpus_per_worker=.nan", "train.cpus_per_worker"),
         ("train.stage1.gamma=2", "train.stage1.gamma"),
@@ -117,3 +117,57 @@ def test_every_number_is_finite_and_in_range_naming_the_field(override, field):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert info.value.field == field
+
+
+def test_field_roles_are_read_from_the_fields() -> None:
+    """Resume, the labeling fingerprint, checkpoint overrides and ``--help`` all read the
+    roles declared on the fields (frameexit.fields), not lists kept beside them."""
+    from frameexit.config import (
+        Config,
+        config_help,
+        fields_with,
+        fingerprint_of,
+        load_config,
+    )
+
+    resumable = fields_with("resumable")
+    # extend a run, move it, track it: yes; what shapes the model, data or optimiser: no
+    for name in ("train.stage1.epochs", "train.stage2.epochs", "train.num_workers",
+                 "data.decode.timeout_s", "data.decode.fetch", "data.storage_options",
+                 "exit", "exit.delta", "label", "sweep"):  # fmt: skip
+        assert name in resumable, name
+    for name in ("train.stage1.lr", "train.beta", "model.num_steps", "data.manifest",
+                 "data.decode.backend", "data.decode.max_bytes", "data.batch_size"):  # fmt: skip
+        assert name not in resumable, name
+    assert set(fields_with("checkpoint_override")) == {
+        "model.exit_threshold", "model.first_step_threshold", "model.policy"
+    }  # fmt: skip
+    cfg = load_config(None, ["data.decode.backend=pyav", "label.top_k=3"])
+    fingerprint = fingerprint_of(cfg)
+    assert set(fingerprint) == {
+        "model", "decode_backend", "early_exit", "top_k", "multi_label_threshold"
+    }  # fmt: skip
+    assert fingerprint["decode_backend"] == "pyav" and fingerprint["top_k"] == 3
+    assert fingerprint["model"]["num_steps"] == Config().model.num_steps
+    text = config_help("label")
+    assert "label.top_k = 5" in text and "data.decode.backend = 'auto'" in text
+    assert "exit.delta" in text and "train.beta" not in text and "model." not in text
+    check = config_help("check")
+    assert "data.decode.timeout_s" in check and "label.lease_seconds" in check
+    assert "label.top_k" not in check and "exit." not in check
+    train = config_help("train")
+    assert "model.num_steps" in train and "train.beta" in train and "label." not in train
+
+
+def test_save_and_load_config_round_trip_without_credentials(tmp_path) -> None:
+    from frameexit.config import load_config, redacted, save_config
+
+    cfg = load_config(
+        None, ['data.storage_options={"key": "AKIA-SECRET", "secret": "s3cr3t"}', "train.beta=0.002"]
+    )
+    uri = save_config(cfg, str(tmp_path / "config.yaml"))
+    text = (tmp_path / "config.yaml").read_text()
+    assert "s3cr3t" not in text and "AKIA-SECRET" not in text
+    back = load_config(uri)
+    assert back == redacted(cfg) and back.train.beta == 0.002
+    assert back.data.storage_options["secret"] != "s3cr3t"

@@ -17,9 +17,9 @@ from frameexit.inference import (
     device_plan,
     label_videos,
     prepare_model,
-    reader_opener,
 )
 from frameexit.model import build_model
+from frameexit.video import open_video
 
 STEPS = 4
 
@@ -112,10 +112,8 @@ def test_a_step_decoded_ahead_fails_only_the_video_that_reaches_it(tiny_corpus) 
     cfg = _cfg()
     model = _model(cfg)
     videos = tiny_corpus.table["video"].tolist()[:3]
-    opener = reader_opener(cfg)
-
     def open_reader(uri: str) -> Any:
-        reader = opener(uri)
+        reader = open_video(uri, cfg.data.decode)
         return _FailsAtSecondRead(reader) if uri == videos[0] else reader
 
     plan = DevicePlan(torch.device("cpu"), prefetch_next_step=True)

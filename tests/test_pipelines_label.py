@@ -22,7 +22,7 @@ from fixtures.kill import kill_label_run_after_parts
 
 from frameexit.backbones import backbone_spec
 from frameexit.checkpoint import load_model_checkpoint, save_model_checkpoint
-from frameexit.config import config_to_dict, load_config
+from frameexit.config import load_config
 from frameexit.flops import step_gflops
 from frameexit.model import build_model
 from frameexit.policy import get_policy
@@ -219,7 +219,7 @@ def test_labeler_without_exit_and_a_video_cut_short(mixed, tmp_path):
     model, cfg = load_model_checkpoint(mixed["checkpoint"])
     cfg.label.early_exit = False
     labeler = labeling.VideoLabeler(
-        config_to_dict(cfg),
+        cfg,
         model.state_dict(),
         [],
         step_gflops=1.0,
@@ -240,10 +240,10 @@ def test_labeler_without_exit_and_a_video_cut_short(mixed, tmp_path):
     assert 20 <= present < 48 and short["frames_decoded"] == T
     assert f"declares 48 frames, {present} are present" in short["warning"]
     assert rows["warning"][:2].isna().all() and short["label"]
-    # data.decode_backend=pyav (exact PyAV path for every file): the same rows
-    cfg.data.decode_backend = "pyav"
-    exact = labeling.VideoLabeler(config_to_dict(cfg), model.state_dict(), [], step_gflops=1.0)
-    assert exact.backend == "pyav"
+    # data.decode.backend=pyav (exact PyAV path for every file): the same rows
+    cfg.data.decode = cfg.data.decode.replace(backend="pyav")
+    exact = labeling.VideoLabeler(cfg, model.state_dict(), [], step_gflops=1.0)
+    assert exact.cfg.data.decode.backend == "pyav"
     again = exact.label(batch).to_pandas()
     assert list(again["status"]) == list(rows["status"])
     assert list(again["label"][:2]) == list(rows["label"][:2])
@@ -337,7 +337,7 @@ def test_a_header_that_overstates_the_length_is_labeled_from_the_frames_present(
     liar = str(tmp_path / "overstated.avi")
     write_clip(liar, codec="mjpeg", pix_fmt="yuvj420p", num_frames=48, avi_declared_frames=120)
     model, cfg = load_model_checkpoint(mixed["checkpoint"])
-    labeler = labeling.VideoLabeler(config_to_dict(cfg), model.state_dict(), [], step_gflops=1.0)
+    labeler = labeling.VideoLabeler(cfg, model.state_dict(), [], step_gflops=1.0)
     batch = pd.DataFrame(
         {"row": [0], "input_id": [liar], "video": [liar], "start": np.nan, "end": np.nan}
     )
@@ -348,14 +348,14 @@ def test_a_header_that_overstates_the_length_is_labeled_from_the_frames_present(
 
 
 def test_a_video_over_the_size_limit_gets_a_final_too_large_row(mixed):
-    """data.max_video_bytes: refused before its bytes are read (no out-of-memory worker)."""
+    """data.decode.max_bytes: refused before its bytes are read (no out-of-memory worker)."""
     model, cfg = load_model_checkpoint(mixed["checkpoint"])
-    cfg.data.max_video_bytes = 1000
-    labeler = labeling.VideoLabeler(config_to_dict(cfg), model.state_dict(), [], step_gflops=1.0)
+    cfg.data.decode = cfg.data.decode.replace(max_bytes=1000)
+    labeler = labeling.VideoLabeler(cfg, model.state_dict(), [], step_gflops=1.0)
     video = mixed["good"][0]
     batch = pd.DataFrame(
         {"row": [0], "input_id": [video], "video": [video], "start": np.nan, "end": np.nan}
     )
     (row,) = labeler.label(batch).to_pylist()
     assert row["status"] == "too_large" and not row["retryable"]
-    assert "max_video_bytes" in row["error"] and row["frames_decoded"] == 0
+    assert "data.decode.max_bytes" in row["error"] and row["frames_decoded"] == 0

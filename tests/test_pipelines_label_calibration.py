@@ -16,7 +16,7 @@ from fixtures.kill import kill_label_run_after_parts
 
 from frameexit.backbones import backbone_spec
 from frameexit.checkpoint import load_model_checkpoint, save_model_checkpoint
-from frameexit.config import config_to_dict, load_config
+from frameexit.config import load_config
 from frameexit.model import build_model
 from frameexit.operating_point import OperatingPoint
 from frameexit.policy import get_policy
@@ -90,7 +90,7 @@ def test_labeler_in_calibration_mode_keeps_every_step(corpus):
     )
     point = model.operating_point
     labeler = labeling.VideoLabeler(
-        config_to_dict(cfg), model.state_dict(), [], step_gflops=1.0,
+        cfg, model.state_dict(), [], step_gflops=1.0,
         operating_point=point.to_dict(), calibration=True,
     )  # fmt: skip
     rows = labeler.label(batch).to_pandas()
@@ -104,7 +104,7 @@ def test_labeler_in_calibration_mode_keeps_every_step(corpus):
         assert row.label_ids[0] == int(probs[-1].argmax())
     # the stored operating point without calibration: everyone exits at step 1
     plain = labeling.VideoLabeler(
-        config_to_dict(cfg), model.state_dict(), [], step_gflops=1.0,
+        cfg, model.state_dict(), [], step_gflops=1.0,
         operating_point=point.to_dict(),
     )  # fmt: skip
     rows = plain.label(batch).to_pandas()

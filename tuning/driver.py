@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from frameexit.config import Config, config_to_dict
+from frameexit.config import Config, config_to_dict, save_config
 from frameexit.operating_point import paper_threshold
 from frameexit.storage import (
     absolute_uri,
@@ -45,10 +45,8 @@ from frameexit.storage import (
     options_for,
     pyarrow_filesystem,
     write_parquet,
-    write_text,
 )
 from pipelines.common import ensure_ray
-from pipelines.stages import redacted
 from tuning.gates import IN_PROCESS, stage2_mode
 from tuning.pareto import pareto_front, pareto_mask
 from tuning.plot import save_pareto_plot
@@ -159,10 +157,7 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
 
 def _save_config(cfg: Config, store: SweepStore) -> None:
     """The sweep's resolved config (credentials redacted) at ``{sweep}/config.yaml``."""
-    import yaml
-
-    text = yaml.safe_dump(config_to_dict(redacted(cfg)), sort_keys=False)
-    write_text(store("config.yaml"), text, storage_options=store.options)
+    save_config(cfg, store("config.yaml"), storage_options=store.options)
 
 
 # --- Tune ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ What is fetched when (remote URIs; local files are read in place by the decoder)
 
 * ``fetch="auto"`` (default): one GET of the first 64 KiB (``source.HEAD_BYTES``; S3 says
   the object's size in the same answer). A smaller object is then whole in memory, one
-  under ``range_min_bytes`` (``data.decode_range_min_bytes``) is completed with a second
+  under ``range_min_bytes`` (``data.decode.range_min_bytes``) is completed with a second
   GET; a larger one goes on as ``"ranges"`` with those bytes kept (header, often the
   start of the first GOP, which coarse-to-fine asks for at step 2).
 * ``fetch="whole"``: the whole object in one GET inside ``open_video``.
@@ -56,17 +56,22 @@ import numpy as np
 from frameexit.errors import VideoDecodeError
 from frameexit.video.decord_backend import DecordDecoder
 from frameexit.video.errors import classify_failure
+from frameexit.video.options import (
+    BACKENDS,
+    DEFAULT_RANGE_MIN_BYTES,
+    DEFAULT_TIMEOUT_S,
+    FETCH_MODES,
+    DecodeOptions,
+)
 from frameexit.video.pyav_backend import Cancelled, PyAVDecoder
-from frameexit.video.source import DEFAULT_RANGE_MIN_BYTES, FETCH_MODES, Source
-
-BACKENDS = ("auto", "pyav", "decord")
-DEFAULT_TIMEOUT_S = 120.0
+from frameexit.video.source import Source
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_RANGE_MIN_BYTES",
     "DEFAULT_TIMEOUT_S",
     "FETCH_MODES",
+    "DecodeOptions",
     "VideoReader",
     "clip_indices",
     "open_video",
@@ -158,61 +163,40 @@ class VideoReader:
     def __init__(
         self,
         uri: str,
+        options: DecodeOptions | None = None,
         *,
         storage_options: Mapping[str, Any] | None = None,
-        fetch: str = "auto",
-        timeout_s: float | None = DEFAULT_TIMEOUT_S,
-        backend: str = "auto",
-        threads: int = 1,
-        block_size: int | None = None,
-        range_min_bytes: int = DEFAULT_RANGE_MIN_BYTES,
-        max_bytes: int | None = None,
+        **changes: Any,
     ) -> None:
-        if fetch not in FETCH_MODES:
-            raise ValueError(f"fetch must be one of {FETCH_MODES}, got {fetch!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "decord" and fetch == "ranges":
-            raise ValueError("backend='decord' cannot read byte ranges (it reads whole files)")
-        if timeout_s is not None and timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
-        if range_min_bytes < 1:
-            raise ValueError(f"range_min_bytes must be >= 1, got {range_min_bytes}")
+        options = options or DecodeOptions()
+        if changes:  # DecodeOptions' field names (fetch="whole", timeout_s=None, ...)
+            options = options.replace(**changes)
         self.uri = str(uri)
+        self.options = options
         self.backend = ""
         self._decoder: Any = None
         self._source: Source | None = None
         self._closed = False
-        self._watchdog = _Watchdog(self.uri, timeout_s)
-        opts = dict(
-            storage_options=storage_options,
-            # decord reads whole files: a ranged start would only add requests
-            fetch="whole" if backend == "decord" and fetch == "auto" else fetch,
-            backend=backend,
-            threads=threads,
-            block_size=block_size,
-            range_min_bytes=range_min_bytes,
-            max_bytes=max_bytes,
-        )
+        self._watchdog = _Watchdog(self.uri, options.timeout_s)
         try:
-            self._watchdog.call(self._open, opts)
+            self._watchdog.call(self._open, options, storage_options)
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ opening
 
-    def _open(self, opts: dict[str, Any]) -> None:
+    def _open(self, options: DecodeOptions, storage_options: Mapping[str, Any] | None) -> None:
         src = self._source = Source(
             self.uri,
-            storage_options=opts["storage_options"],
-            fetch=opts["fetch"],
-            block_size=opts["block_size"],
-            range_min_bytes=opts["range_min_bytes"],
-            max_bytes=opts["max_bytes"],
+            storage_options=storage_options,
+            fetch=options.source_fetch,
+            block_size=options.block_size,
+            range_min_bytes=options.range_min_bytes,
+            max_bytes=options.max_bytes,
         )
-        threads = opts["threads"]
-        if opts["backend"] == "decord":
+        threads = options.threads
+        if options.backend == "decord":
             try:
                 self._use(DecordDecoder(src.decord_input(), threads=threads), "decord")
                 if src.path is None:
@@ -393,42 +377,31 @@ class VideoReader:
 
 def open_video(
     uri: str,
+    options: DecodeOptions | None = None,
     *,
     storage_options: Mapping[str, Any] | None = None,
-    fetch: str = "auto",
-    timeout_s: float | None = DEFAULT_TIMEOUT_S,
-    backend: str = "auto",
-    threads: int = 1,
-    block_size: int | None = None,
-    range_min_bytes: int = DEFAULT_RANGE_MIN_BYTES,
-    max_bytes: int | None = None,
+    **changes: Any,
 ) -> VideoReader:
     """Open a video at any fsspec URI for repeated exact frame access (see module doc).
 
+    ``options`` (default ``DecodeOptions()``) say how; ``changes`` are a shorthand for
+    fields of it (``open_video(uri, fetch="whole", timeout_s=None)``).
     Raises ``VideoDecodeError`` (``missing``, ``access_denied``, ``empty``, ``not_video``,
-    ``truncated``, ``unreadable``, ``timeout``) naming the URI and the reason.
+    ``truncated``, ``too_large``, ``unreadable``, ``timeout``) naming the URI and the reason,
+    and ``ConfigError`` (a ``ValueError``) for an option not allowed.
     """
-    return VideoReader(
-        uri,
-        storage_options=storage_options,
-        fetch=fetch,
-        timeout_s=timeout_s,
-        backend=backend,
-        threads=threads,
-        block_size=block_size,
-        range_min_bytes=range_min_bytes,
-        max_bytes=max_bytes,
-    )
+    return VideoReader(uri, options, storage_options=storage_options, **changes)
 
 
 def read_frames(
     uri: str,
     indices: Sequence[int],
+    options: DecodeOptions | None = None,
     *,
     storage_options: Mapping[str, Any] | None = None,
-    **kwargs: Any,
+    **changes: Any,
 ) -> np.ndarray:
     """Open, read the frames at ``indices`` (uint8 ``[n, H, W, 3]``, order kept) and close.
-    ``kwargs`` are ``open_video``'s."""
-    with open_video(uri, storage_options=storage_options, **kwargs) as reader:
+    ``options`` / ``changes`` as for :func:`open_video`."""
+    with open_video(uri, options, storage_options=storage_options, **changes) as reader:
         return reader.get(indices)

@@ -33,10 +33,9 @@ from typing import Any
 from frameexit.errors import VideoDecodeError
 from frameexit.storage import is_local, url_to_fs
 from frameexit.video.errors import classify_failure
+from frameexit.video.options import DEFAULT_RANGE_MIN_BYTES, FETCH_MODES
 
-FETCH_MODES = ("auto", "whole", "ranges")
 DEFAULT_BLOCK_SIZE = 64 * 1024
-DEFAULT_RANGE_MIN_BYTES = 256 * 1024
 HEAD_BYTES = 64 * 1024
 
 
@@ -238,13 +237,13 @@ class Source:
         self.fetch = "ranges"
 
     def _check_size(self, size: int) -> None:
-        """A video over ``max_bytes`` (``data.max_video_bytes``) is refused before its
+        """A video over ``max_bytes`` (``data.decode.max_bytes``) is refused before its
         bytes are fetched: a final ``too_large`` row, not an out-of-memory worker."""
         if self._max_bytes is not None and size > self._max_bytes:
             raise VideoDecodeError(
                 self.uri,
                 "too_large",
-                f"{size} bytes, over data.max_video_bytes = {self._max_bytes}",
+                f"{size} bytes, over data.decode.max_bytes = {self._max_bytes}",
             )
 
     @property

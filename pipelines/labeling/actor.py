@@ -10,7 +10,6 @@ kills its worker twice gets a final ``crashed`` row and the job finishes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,15 +24,14 @@ from frameexit.inference import (
     device_plan,
     label_videos,
     prepare_model,
-    reader_opener,
     select_labels,
 )
 from frameexit.storage import scrub
+from frameexit.testing import hooks
+from frameexit.video import open_video
+from pipelines.common import unshared
 from pipelines.labeling.isolation import DEATHS_TO_CRASH, ExclusiveGate, batch_key
 from pipelines.labeling.schema import STATUS_OK, output_row, rows_to_table
-
-#: Test hook: the worker process dies (``os._exit``) when it opens a URI containing this.
-POISON_ENV = "FRAMEEXIT_INJECT_POISON"
 
 
 class VideoLabeler:
@@ -56,7 +54,6 @@ class VideoLabeler:
         decode_threads: int = 2,
         device: str = "cpu",
         torch_threads: int | None = None,
-        backend: str | None = None,
         ledger: str | None = None,
         poison: str | None = None,
         operating_point: dict[str, Any] | None = None,
@@ -65,18 +62,9 @@ class VideoLabeler:
         import torch
 
         from frameexit.checkpoint import model_from_state
-        from frameexit.config import config_from_dict
         from frameexit.operating_point import OperatingPoint
 
-        if isinstance(weights, list) or isinstance(cfg, list):  # [ObjectRef]s: a bare ref
-            import ray  # would not reach us as-is
-
-            weights = ray.get(weights[0]) if isinstance(weights, list) else weights
-            cfg = ray.get(cfg[0]) if isinstance(cfg, list) else cfg
-        self.cfg = config_from_dict(cfg)
-        if backend:
-            self.cfg.data.decode_backend = backend
-        self.backend = self.cfg.data.decode_backend
+        self.cfg, weights = unshared(cfg), unshared(weights)  # pipelines.common.shared
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.plan = device_plan(self.cfg, device)
@@ -98,7 +86,6 @@ class VideoLabeler:
             if actor_id:  # a Ray actor: the driver may have to stop it
                 ray.get(self.ledger.register_labeler.remote(actor_id, context.current_actor))
         self.poison = poison
-        self._open = reader_opener(self.cfg)
         # the rule the driver resolved (None: all T); calibration rows run all T steps
         # and keep every step's exit score and labels
         self.point = OperatingPoint.from_dict(operating_point) if operating_point else None
@@ -106,8 +93,10 @@ class VideoLabeler:
 
     def _open_reader(self, uri: str) -> Any:
         if self.poison and self.poison in uri:
-            os._exit(137)  # test hook: a video that kills its worker (like the OOM killer)
-        return self._open(uri)
+            hooks.exit_process(137)  # test hook label.kill_worker_on (like the OOM killer)
+        return open_video(
+            uri, self.cfg.data.decode, storage_options=self.cfg.data.storage_options or None
+        )
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         return self.label(batch)

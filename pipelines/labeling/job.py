@@ -10,7 +10,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from frameexit.config import Config, config_from_dict, config_to_dict, load_config
+from frameexit.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    fields_with,
+    fingerprint_of,
+    load_config,
+    save_config,
+)
 from frameexit.errors import ConfigError
 from frameexit.operating_point import PAPER_THRESHOLD, OperatingPoint, constant_family
 from frameexit.storage import (
@@ -28,8 +36,9 @@ from pipelines.labeling.schema import CONFIG_NAME, FINGERPRINT_NAME, ID_SCHEME, 
 
 log = logging.getLogger("frameexit.pipelines.label")
 
-#: With a checkpoint the model comes from it; only these inference-time fields may change.
-MODEL_INFERENCE_FIELDS = ("exit_threshold", "first_step_threshold", "policy")
+#: With a checkpoint the model comes from it; only the model fields declared
+#: ``checkpoint_override`` (inference-time behaviour) may change.
+MODEL_INFERENCE_FIELDS = tuple(f.split(".", 1)[1] for f in fields_with("checkpoint_override"))
 
 
 @dataclass
@@ -247,17 +256,14 @@ def prepare_job(
         "output_version": OUTPUT_VERSION,
         "checkpoint": checkpoint,
         "weights_sha256": weights_digest.hexdigest()[:32],
-        "model": config_to_dict(cfg)["model"],
-        "early_exit": cfg.label.early_exit,
-        # decord's random access differs from the exact decoder's on some files: labels
-        # decoded by two backends never mix in one output
-        "decode_backend": cfg.data.decode_backend,
+        # the config fields declared `fingerprint` (frameexit.fields): the model, the
+        # decode backend (decord's frames differ from the exact decoder's on some files),
+        # early exit on or off, top_k, the multi-label threshold
+        **fingerprint_of(cfg),
         # the rule that produced the rows: a fixed operating point, or the calibration
         # that chooses one (its result is in _calibration.json)
         "operating_point": None if point is None else point.to_dict(with_family=False),
         "calibration": calibration,
-        "top_k": cfg.label.top_k,
-        "multi_label_threshold": cfg.label.multi_label_threshold,
         "class_names": names,
     }
     job = LabelJob(
@@ -304,7 +310,4 @@ def check_fingerprint(
         raise ConfigError("--output", f"{job.output} has parts but no {FINGERPRINT_NAME}")
     record = {"settings": settings, "inputs": inputs, "append": bool(append)}
     write_text(uri, json.dumps(record, indent=1, sort_keys=True), storage_options=options)
-    import yaml
-
-    text = yaml.safe_dump(redact(config_to_dict(job.cfg)), sort_keys=False)
-    write_text(join_uri(job.output, CONFIG_NAME), text, storage_options=options)
+    save_config(job.cfg, join_uri(job.output, CONFIG_NAME), storage_options=options)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import uuid
 import warnings
@@ -33,11 +32,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from frameexit.config import Config, config_to_dict
+from frameexit.config import Config
 from frameexit.operating_point import summary as summary_of
 from frameexit.storage import join_uri, options_for, redact, scrub, write_text
-from pipelines.common import ensure_ray
-from pipelines.labeling.actor import POISON_ENV, VideoLabeler
+from frameexit.testing import hooks
+from pipelines.common import ensure_ray, shared
+from pipelines.labeling.actor import VideoLabeler
 from pipelines.labeling.calibration import calibrate_on_corpus
 from pipelines.labeling.inputs import LabelInputs
 from pipelines.labeling.isolation import (
@@ -60,7 +60,6 @@ from pipelines.labeling.schema import STATUS_BAD_ROW, SUMMARY_NAME
 log = logging.getLogger("frameexit.pipelines.label")
 
 #: Test hook: the driver dies after its last commit, before compaction and the summary.
-EXIT_BEFORE_COMPACT_ENV = "FRAMEEXIT_LABEL_EXIT_BEFORE_COMPACT"
 
 
 def actor_cpus(cfg: Config) -> float:
@@ -153,8 +152,8 @@ def label_dataset(
         return ds.map_batches(
             VideoLabeler,
             fn_constructor_args=(
-                [ray.put(config_to_dict(cfg))],
-                [ray.put(job.weights)],
+                shared(cfg),
+                shared(job.weights),
                 job.class_names,
             ),
             fn_constructor_kwargs={
@@ -164,7 +163,7 @@ def label_dataset(
                 "device": "cuda" if gpus > 0 else "cpu",
                 "torch_threads": max(1, int(cpus)),
                 "ledger": ledger,
-                "poison": os.environ.get(POISON_ENV) or None,
+                "poison": hooks.value("label.kill_worker_on"),  # test hook
                 "operating_point": None
                 if job.operating_point is None
                 else job.operating_point.to_dict(with_family=False),
@@ -270,8 +269,8 @@ def run_labeling(
         timing = _label(job, todo, writer, run_id, decode_threads, calls_per_actor, progress)
         if calibrated is not None:  # the run's rates count the calibration rows too
             timing["began"] = calibration_began
-        if os.environ.get(EXIT_BEFORE_COMPACT_ENV):  # test hook: a driver killed right here
-            os._exit(3)
+        if hooks.value("label.exit_before_compact"):  # test hook: a driver killed right here
+            hooks.exit_process(3)
         compaction = compact(output, options, None if append else inputs.ids)
         summary = _summary(job, inputs, writer, timing, compaction, retried, began, options)
         if calibrated is not None:
