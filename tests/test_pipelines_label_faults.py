@@ -33,6 +33,7 @@ from frameexit.config import load_config
 from frameexit.errors import ConfigError
 from frameexit.model import build_model
 from frameexit.storage import upload_dir
+from frameexit.testing import hooks
 from frameexit.testing.faults import FaultProxy
 from pipelines import labeling
 from pipelines.labeling import STATUS_BAD_ROW, STATUS_OK, read_labels, run_labeling
@@ -146,7 +147,7 @@ def test_timeouts_are_retried_by_the_rerun_and_final_errors_are_not(ray_cluster,
     manifest = _csv(tmp_path / "in.csv", [f"{a},,", f"{b},,", f"{missing},,"])
     ids = {f"{a}#n=1", f"{b}#n=1", f"{missing}#n=1"}
     out = str(tmp_path / "out")
-    summary = _label(manifest, out, env, "data.decode_timeout_s=1e-4")  # nothing opens in time
+    summary = _label(manifest, out, env, "data.decode.timeout_s=1e-4")  # nothing opens in time
     rows = _exactly(out, ids).set_index("input_id")
     # the videos cannot open in 0.1 ms; the missing file may be found missing first
     assert (rows.loc[[f"{a}#n=1", f"{b}#n=1"], "status"] == "timeout").all()
@@ -189,7 +190,7 @@ def test_s3_slowdown_resets_and_stalls_are_retryable(ray_cluster, env, moto_s3, 
             "config_kwargs": {"retries": {"total_max_attempts": 1}},
         }
         proxy.rules = {"slow.mp4": "slowdown", "reset.mp4": "reset", "stall.mp4": "stall"}
-        overrides = [f"data.storage_options={json.dumps(options)}", "data.decode_timeout_s=6"]
+        overrides = [f"data.storage_options={json.dumps(options)}", "data.decode.timeout_s=6"]
         _label(manifest, out, env, *overrides)
         ids = {f"{bucket}/v/{n}#n=1" for n in names}
         rows = _exactly(out, ids).set_index("video")
@@ -268,7 +269,6 @@ def test_an_actor_killed_mid_batch_and_a_poison_video(ray_cluster, env, tmp_path
 
     # An actor SIGKILLed while it labels: its batches are retried, nothing is lost.
     out = str(tmp_path / "killed")
-    monkeypatch.setenv("FRAMEEXIT_LABEL_PART_DELAY_S", "0.7")
     killed = []
 
     def kill_one() -> None:
@@ -282,7 +282,8 @@ def test_an_actor_killed_mid_batch_and_a_poison_video(ray_cluster, env, tmp_path
 
     killer = threading.Thread(target=kill_one)
     killer.start()
-    summary = _label(manifest, out, env)
+    with hooks.switched_on({"label.part_delay_s": 0.7}):
+        summary = _label(manifest, out, env)
     killer.join()
     assert killed, "no actor was running to be killed"
     rows = _exactly(out, ids)
@@ -290,18 +291,18 @@ def test_an_actor_killed_mid_batch_and_a_poison_video(ray_cluster, env, tmp_path
 
     # A video that kills its worker whenever it is opened: a final `crashed` row, the
     # job finishes, every other video is labeled.
-    monkeypatch.delenv("FRAMEEXIT_LABEL_PART_DELAY_S")
     poison = Path(videos[3]).name
-    monkeypatch.setenv("FRAMEEXIT_INJECT_POISON", poison)
     out = str(tmp_path / "poison")
-    summary = _label(manifest, out, env)
+    with hooks.switched_on({"label.kill_worker_on": poison}):
+        summary = _label(manifest, out, env)
     rows = _exactly(out, ids).set_index("input_id")
     assert rows.loc[f"{videos[3]}#n=1", "status"] == "crashed"
     assert not rows.loc[f"{videos[3]}#n=1", "retryable"]
     assert (rows.drop(index=f"{videos[3]}#n=1")["status"] == STATUS_OK).all()
     assert summary["complete"] and summary["run"]["errors_by_kind"] == {"crashed": 1}
     # a rerun does not open it again (final), and still the same rows
-    assert _label(manifest, out, env)["run"]["videos"] == 0
+    with hooks.switched_on({"label.kill_worker_on": poison}):
+        assert _label(manifest, out, env)["run"]["videos"] == 0
 
 
 @pytest.mark.ray
@@ -309,16 +310,15 @@ def test_driver_killed_between_last_commit_and_compaction(ray_cluster, env, tmp_
     a, b, c = env["videos"][:3]
     out = str(tmp_path / "out")
     manifest = _csv(tmp_path / "in.csv", [f"{a},,", f"{b},,"])
-    _label(manifest, out, env, "data.decode_timeout_s=1e-4")  # two retryable rows
+    _label(manifest, out, env, "data.decode.timeout_s=1e-4")  # two retryable rows
     _csv(tmp_path / "in.csv", [f"{a},,", f"{c},,"])  # b removed, c added
     args = ["--input", manifest, "--output", out, "--checkpoint", env["checkpoint"],
             "--no-progress", *RUN]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "label.py"), *args],
         env={
-            **os.environ,
+            **hooks.environment({"label.exit_before_compact": True}),
             "RAY_ADDRESS": ray_cluster["address"],
-            "FRAMEEXIT_LABEL_EXIT_BEFORE_COMPACT": "1",
         },  # fmt: skip
         capture_output=True,
         timeout=300,

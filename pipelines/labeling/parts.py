@@ -19,7 +19,6 @@ with ``[``, ``*`` or ``?`` work.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from frameexit.storage import (
     url_to_fs,
     write_parquet,
 )
+from frameexit.testing import hooks
 from pipelines.labeling.schema import (
     CALIBRATION_NAME,
     CONFIG_NAME,
@@ -286,7 +286,7 @@ class PartWriter:
         self.parts: list[str] = []
         self.totals = Totals()
         self._seen: list[pa.Array] = []  # ids of every row added (Arrow: compact)
-        self.delay = float(os.environ.get("FRAMEEXIT_LABEL_PART_DELAY_S", "0") or 0)
+        self.delay = float(hooks.value("label.part_delay_s") or 0)  # test hook
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows:
