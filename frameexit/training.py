@@ -79,3 +79,64 @@ def stage2_step(
     logits = head(features)
     labels = gate_pseudo_labels(step_losses, beta)
     return gate_loss(logits.float(), labels), logits, labels
+
+
+#: what :func:`gate_epoch` and :func:`gate_sums` add up over batches, in this order
+GATE_SUMS = ("loss_x_videos", "pseudo_label_positives", "agreements", "videos", "cells")
+
+
+def _batch_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    n = labels.shape[0]
+    agree = float(((logits.detach() >= 0).float() == labels).sum())
+    return [float(loss.detach()) * n, float(labels.sum()), agree, float(n), float(labels.numel())]
+
+
+def gate_epoch(
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stage: StageConfig,
+    epoch: int,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    beta: float,
+) -> list[float]:
+    """One stage-2 epoch: the epoch's lr, then an L_gate step per batch of cached
+    ``(z [B, T, D], ℓ_t [B, T])``. Returns the epoch's :data:`GATE_SUMS` (add them over
+    workers, then :func:`gate_metrics`). The Ray Train loop and a sweep's in-process β
+    trial both train their gates with this; only where the batches come from differs."""
+    set_lr(optimizer, epoch_lr(stage, epoch))
+    head.train()
+    sums = [0.0] * len(GATE_SUMS)
+    for features, step_losses in batches:
+        loss, logits, labels = stage2_step(head, features, step_losses, beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums = [a + b for a, b in zip(sums, _batch_sums(loss, logits, labels), strict=True)]
+    return sums
+
+
+@torch.no_grad()
+def gate_sums(
+    head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], beta: float
+) -> list[float]:
+    """:data:`GATE_SUMS` of the gates on ``batches`` without training (validation)."""
+    was_training = head.training
+    head.eval()
+    sums = [0.0] * len(GATE_SUMS)
+    for features, step_losses in batches:
+        batch = _batch_sums(*stage2_step(head, features, step_losses, beta))
+        sums = [a + b for a, b in zip(sums, batch, strict=True)]
+    head.train(was_training)
+    return sums
+
+
+def gate_metrics(sums: Iterable[float], prefix: str = "") -> dict[str, float]:
+    """Per-epoch gate metrics from :data:`GATE_SUMS`: mean L_gate per video, the share of
+    "exit" pseudo-labels, the share of gate decisions (logit ≥ 0) equal to them, videos."""
+    loss, positive, agree, seen, cells = list(sums)
+    return {
+        f"{prefix}loss": loss / max(seen, 1),
+        f"{prefix}pseudo_label_rate": positive / max(cells, 1),
+        f"{prefix}gate_agreement": agree / max(cells, 1),
+        f"{prefix}videos": int(seen),
+    }

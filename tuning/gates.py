@@ -9,11 +9,11 @@ into memory and trains here; a larger cache goes through Ray Train
     features/{train,val}/*.parquet ──pyarrow──► z [N, T, D], ℓ_t [N, T]  (rows by manifest row)
     stage-1 model ─► set_stage(2) ─► GateHead ─► per epoch: lr = epoch_lr(stage2, epoch),
         rows in a permutation seeded by (train.seed, epoch), batches of data.batch_size:
-        frameexit.training.stage2_step (y^g_t = [ℓ_t ≤ β·exp(t/2)], L_gate), Adam
+        frameexit.training.gate_epoch (y^g_t = [ℓ_t ≤ β·exp(t/2)], L_gate), Adam
     ─► {run}/checkpoints/stage2.pt   (the file run_stage2 writes: same format, same place)
 
 Same computation as the Ray Train loop (``pipelines.loops.stage2_loop``: same seed, initial
-gates, optimiser, schedule, batch size, step function and checkpoint); only the row
+gates, optimiser, schedule, batch size, epoch function ``gate_epoch`` and checkpoint); only the row
 order within an epoch differs (Ray Data's block order + local shuffle buffer there). With
 one batch per epoch the order cannot matter: the two give the same gate weights
 (``tests/test_tuning_sweep.py``).
@@ -29,13 +29,12 @@ import numpy as np
 import torch
 
 from frameexit.checkpoint import model_from_state, read_model_checkpoint, save_model_checkpoint
-from frameexit.config import Config
+from frameexit.config import Config, redacted
 from frameexit.losses import set_stage
 from frameexit.storage import options_for, pyarrow_filesystem
-from frameexit.training import GateHead, epoch_lr, make_optimizer, set_lr, stage2_step
+from frameexit.training import GateHead, gate_epoch, gate_metrics, gate_sums, make_optimizer
 from pipelines.common import RunPaths
 from pipelines.evaluate import tensor_column
-from pipelines.stages import redacted
 
 log = logging.getLogger("frameexit.tuning.gates")
 
@@ -105,27 +104,23 @@ def train_gates_in_process(
         val = read_gate_inputs(cfg, val_uri)
     metrics: dict[str, Any] = {}
     for epoch in range(stage.epochs):
-        set_lr(optimizer, epoch_lr(stage, epoch))
-        head.train()
         order = torch.randperm(
             len(z), generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
         )
-        sums = np.zeros(5)  # loss × n, positives, agreements, videos, cells
-        for start in range(0, len(z), batch):
-            idx = order[start : start + batch]
-            loss, logits, labels = stage2_step(head, z[idx], losses[idx], beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += _gate_sums(loss, logits, labels)
+        batches = (
+            (z[idx], losses[idx]) for idx in (order[i : i + batch] for i in range(0, len(z), batch))
+        )
+        sums = gate_epoch(head, optimizer, stage, epoch, batches, beta)
         metrics = {
             "stage": 2,
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
-            **_gate_metrics(sums, ""),
+            **gate_metrics(sums),
         }
         if val is not None:
-            metrics.update(_validate(head, *val, beta, batch))
+            vz, vl = val
+            in_order = ((vz[i : i + batch], vl[i : i + batch]) for i in range(0, len(vz), batch))
+            metrics.update(gate_metrics(gate_sums(head, in_order, beta), "val_"))
         log.info(
             "stage 2 (in process) epoch %d/%d: loss %.4f, gate agreement %.3f",
             epoch + 1, stage.epochs, metrics["loss"], metrics["gate_agreement"],
@@ -147,37 +142,6 @@ def train_gates_in_process(
     )
     log.info("stage 2 (in process) done in %.1f s: %s", time.perf_counter() - began, uri)
     return uri
-
-
-@torch.no_grad()
-def _validate(
-    head: GateHead, z: torch.Tensor, losses: torch.Tensor, beta: float, batch: int
-) -> dict[str, float]:
-    head.eval()
-    sums = np.zeros(5)
-    for start in range(0, len(z), batch):
-        sums += _gate_sums(
-            *stage2_step(head, z[start : start + batch], losses[start : start + batch], beta)
-        )
-    head.train()
-    return _gate_metrics(sums, "val_")
-
-
-def _gate_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    n = labels.shape[0]
-    agree = float(((logits.detach() >= 0).float() == labels).sum())
-    return np.array([float(loss.detach()) * n, float(labels.sum()), agree, n, labels.numel()])
-
-
-def _gate_metrics(sums: np.ndarray, prefix: str) -> dict[str, float]:
-    """The Ray Train loop's per-epoch gate metrics, under the same names."""
-    loss, positive, agree, seen, cells = sums.tolist()
-    return {
-        f"{prefix}loss": loss / max(seen, 1),
-        f"{prefix}pseudo_label_rate": positive / max(cells, 1),
-        f"{prefix}gate_agreement": agree / max(cells, 1),
-        f"{prefix}videos": int(seen),
-    }
 
 
 def _options(cfg: Config, uri: str) -> dict[str, Any]:
