@@ -107,41 +107,56 @@ def test_every_config_builds_exactly_as_shipped(path: Path, torchvision_cache, m
     assert result.scores.shape == (1, cfg.model.num_classes)
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_two_stage_pipeline_resume_retry_and_evaluation(
-    ray_cluster, tiny_corpus, tmp_path, monkeypatch
-) -> None:
-    """Interrupted after stage-1 epoch 1, resumed to the end; a stage-2 worker failure is
-    retried from its checkpoint; then the evaluation outputs are checked."""
-    from pipelines.stages import FAULT_ENV, run_pipeline
+SECRET = "PLANTED-Train-Secret-91ad"  # unused by local paths; must be written nowhere
 
-    storage = str(tmp_path / "runs")
-    secret = "PLANTED-Train-Secret-91ad"  # unused by local paths; must be written nowhere
-    options = json.dumps({"secret": secret, "session_token": secret + "-token"})
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, tiny_corpus, tmp_path_factory) -> dict:
+    """One two-stage run on Ray Train (2 DDP workers), shared by the tests below: stage 1
+    interrupted after its epoch 1 (no retries left), then ``--resume``d; stage 2 fails
+    once after its epoch 1 and ``FailureConfig(max_failures=1)`` restarts the workers
+    from that checkpoint. Planted credentials ride along in ``data.storage_options``."""
+    from frameexit.testing import hooks
+    from pipelines.stages import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("train")
+    options = json.dumps({"secret": SECRET, "session_token": SECRET + "-token"})
     cfg = load_config(
         str(ROOT / "configs/synthetic.yaml"),
         [
-            *tiny_overrides(tiny_corpus.manifest, storage, "t"),
+            *tiny_overrides(tiny_corpus.manifest, str(tmp / "runs"), "t"),
             "train.max_failures=0",
             f"data.storage_options={options}",
         ],
     )
-
-    # 1. Interrupted run: stage 1 dies right after epoch 1's checkpoint (no retries left).
-    monkeypatch.setenv(FAULT_ENV, "1:1")
-    with pytest.raises(Exception, match="injected fault"):
+    with (
+        hooks.switched_on({"train.fail_after_epoch": "1:1"}),
+        pytest.raises(Exception, match="injected fault"),
+    ):
         run_pipeline(cfg)
-    run = tmp_path / "runs" / "t"
-    assert not (run / "checkpoints" / "stage1.pt").exists()
-
-    # 2. --resume: stage 1 continues at epoch 2; stage 2 fails once after its epoch 1 and
-    #    FailureConfig(max_failures=1) restarts the workers from that checkpoint.
-    monkeypatch.setenv(FAULT_ENV, f"2:1:{tmp_path / 'stage2-fault-marker'}")
+    run = tmp / "runs" / "t"
+    interrupted_had_stage1 = (run / "checkpoints" / "stage1.pt").exists()
     cfg.train.max_failures = 1
-    metrics = run_pipeline(cfg, resume=True)
-    assert (tmp_path / "stage2-fault-marker").exists()
+    with hooks.switched_on({"train.fail_after_epoch": f"2:1:{tmp / 'stage2-fault-marker'}"}):
+        metrics = run_pipeline(cfg, resume=True)
+    return {
+        "run": run,
+        "tmp": tmp,
+        "cfg": cfg,
+        "metrics": metrics,
+        "interrupted_had_stage1": interrupted_had_stage1,
+        "val_videos": int((tiny_corpus.table["split"] == "val").sum()),
+        "test_videos": int((tiny_corpus.table["split"] == "test").sum()),
+        "temp_dir": ray_cluster["temp_dir"],
+    }
 
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_and_a_failed_worker_is_retried(trained) -> None:
+    run = trained["run"]
+    assert not trained["interrupted_had_stage1"]
+    assert (trained["tmp"] / "stage2-fault-marker").exists()
     _, _, extra1 = read_model_checkpoint(str(run / "checkpoints" / "stage1.pt"))
     assert extra1["epochs"] == 2 and extra1["final_resumed_from"] == 1
     _, _, extra2 = read_model_checkpoint(str(run / "checkpoints" / "stage2.pt"))
@@ -154,8 +169,11 @@ def test_two_stage_pipeline_resume_retry_and_evaluation(
     assert (run / "features" / "train" / "_SUCCESS").exists()
     assert glob.glob(str(run / "ray" / "stage1" / "checkpoint_*"))
 
-    # Evaluation: consistent counts, tables and plots.
-    val_videos = int((tiny_corpus.table["split"] == "val").sum())
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_evaluation_counts_tables_and_plots_agree(trained) -> None:
+    run, metrics, val_videos = trained["run"], trained["metrics"], trained["val_videos"]
     assert metrics["num_videos"] == val_videos
     assert 1 <= metrics["mean_frames"] <= T
     assert metrics["noexit_frames"] == T
@@ -188,15 +206,24 @@ def test_two_stage_pipeline_resume_retry_and_evaluation(
     skipped = pd.read_parquet(run / "skipped_videos.parquet")
     assert len(skipped) == metrics["skipped_videos"] == 0
 
-    # The planted credentials are in no byte of the run directory nor of Ray's logs
-    # (configs go to Ray Train and Ray Data through the object store, files are redacted).
-    for root in (run, Path(ray_cluster["temp_dir"])):
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_planted_credentials_are_written_nowhere(trained) -> None:
+    """Not in any byte of the run directory nor of Ray's logs (configs go to Ray Train
+    and Ray Data through the object store, files are redacted)."""
+    for root in (trained["run"], Path(trained["temp_dir"])):
         for path in root.rglob("*"):
             if path.is_file() and path.stat().st_size < 50 * 1024**2:
-                assert secret.encode() not in path.read_bytes(), path
+                assert SECRET.encode() not in path.read_bytes(), path
 
-    # Tracking: TensorBoard event files of both stages hold the per-epoch metrics, and
-    # stage1.pt is the epoch with the best validation top-1 (stage1-last.pt the last).
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tracking_events_and_the_best_stage1_epoch(trained) -> None:
+    """TensorBoard event files of both stages hold the per-epoch metrics, and stage1.pt
+    is the epoch with the best validation top-1 (stage1-last.pt the last)."""
+    run, metrics = trained["run"], trained["metrics"]
     events = {stage: read_scalars(run / "tensorboard" / stage) for stage in ("stage1", "stage2")}
     for tag in ("stage1/loss", "stage1/loss_step_1", f"stage1/loss_step_{T}", "stage1/lr",
                 "stage1/val_top1", "stage1/train_top1_last_step"):  # fmt: skip
@@ -211,47 +238,61 @@ def test_two_stage_pipeline_resume_retry_and_evaluation(
     assert chosen["selected_epoch"] == best_epoch and chosen["selected_by"] == "val_top1"
     assert (run / "checkpoints" / "stage1-last.pt").exists()
 
-    # The operating point is calibrated on validation, stored in stage2.pt, the test split
-    # reported at it and at the paper's rule. A handful of validation videos cannot
-    # support a 5 % bound: all T steps, and the reason is said, not hidden.
-    test_videos = int((tiny_corpus.table["split"] == "test").sum())
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_operating_point_is_calibrated_on_val_and_stored(trained) -> None:
+    """Calibrated on validation, stored in stage2.pt, the test split reported at it and
+    at the paper's rule. A handful of validation videos cannot support a 5 % bound: all
+    T steps, and the reason is said, not hidden."""
+    run, metrics = trained["run"], trained["metrics"]
     point = metrics["operating_point"]
     assert point["rule"] == "calibrated" and "'val'" in point["calibrated_on"]
-    assert point["calibration_videos"] == val_videos < 45
+    assert point["calibration_videos"] == trained["val_videos"] < 45
     assert "too few" in point["fallback"] and "FELL BACK" in point["description"]
     assert metrics["mean_frames"] == metrics["test"]["mean_frames"] == T
-    assert metrics["test"]["num_videos"] == test_videos
+    assert metrics["test"]["num_videos"] == trained["test_videos"]
     assert metrics["test"]["operating_point"] == point["description"]
     assert metrics["test_paper"]["rule"] == "paper" and metrics["test_paper"]["threshold"] == 0.5
     assert (run / "eval" / "test" / "metrics.json").exists()
     stored, _ = load_model_checkpoint(str(run / "checkpoints" / "stage2.pt"))
     assert stored.operating_point.fallback == point["fallback"]
 
-    # Any checkpoint on any split, 3 views (decoded again, no cache).
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_any_checkpoint_on_any_split_with_three_views(trained, tiny_corpus) -> None:
+    """Decoded again (no cache), the checkpoint's operating point by default."""
     from pipelines.evaluate import main as evaluate_main
 
+    run, metrics = trained["run"], trained["metrics"]
     three = evaluate_main(
         ["--checkpoint", str(run / "checkpoints" / "stage2.pt"), "--split", "test",
          "--views", "3", f"data.manifest={tiny_corpus.manifest}"]
     )  # fmt: skip
-    assert three["views"] == 3 and three["num_videos"] == test_videos
-    assert three["rule"] == "calibrated"  # the checkpoint's operating point by default
+    assert three["views"] == 3 and three["num_videos"] == trained["test_videos"]
+    assert three["rule"] == "calibrated"
     assert three["noexit_gflops"] == pytest.approx(3 * metrics["noexit_gflops"])
     assert (run / "eval" / "test-views3" / "predictions.parquet").exists()
 
-    # --resume with a changed learning rate or seed refuses, naming the fields; more
-    # epochs are allowed (an extended run).
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_resume_refuses_a_changed_model_or_optimiser_and_the_cache_is_parquet(trained) -> None:
+    """--resume with a changed learning rate or seed refuses, naming the fields; more
+    epochs are allowed (an extended run). The cache is plain Parquet, readable without
+    Ray (flat lists of T×D, T×K, T values)."""
+    from pipelines.stages import check_resume, run_pipeline
+
+    run = trained["run"]
     changed = load_config(str(run / "config.yaml"), ["train.stage1.lr=0.5", "train.seed=7"])
     with pytest.raises(ConfigError) as refused:
         run_pipeline(changed, resume=True)
     assert "train.stage1.lr" in str(refused.value) and "train.seed" in str(refused.value)
-    from pipelines.stages import check_resume
-
     check_resume(load_config(str(run / "config.yaml"), ["train.stage2.epochs=3"]))
 
-    # The cache is plain Parquet, readable without Ray (flat lists of T×D, T×K, T values).
     cache = pd.read_parquet(run / "features" / "val")
-    assert len(cache) == val_videos
+    assert len(cache) == trained["val_videos"]
     assert {"video", "label_ids", "features", "logits", "step_losses"} <= set(cache.columns)
     assert np.asarray(cache["features"].iloc[0]).size == T * 64
     assert np.asarray(cache["step_losses"].iloc[0]).size == T
