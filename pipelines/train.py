@@ -38,7 +38,7 @@ from frameexit.storage import exists
 from pipelines.common import RunPaths, run_command, setup_logging
 from pipelines.defaults import DEFAULT_CONFIG, ROOT, default_corpus
 from pipelines.report import format_metrics
-from pipelines.stages import run_pipeline
+from pipelines.pipeline import run_pipeline
 
 log = logging.getLogger("frameexit.train")
 

@@ -117,7 +117,7 @@ def trained(ray_cluster, tiny_corpus, tmp_path_factory) -> dict:
     once after its epoch 1 and ``FailureConfig(max_failures=1)`` restarts the workers
     from that checkpoint. Planted credentials ride along in ``data.storage_options``."""
     from frameexit.testing import hooks
-    from pipelines.stages import run_pipeline
+    from pipelines.pipeline import run_pipeline
 
     tmp = tmp_path_factory.mktemp("train")
     options = json.dumps({"secret": SECRET, "session_token": SECRET + "-token"})
@@ -282,7 +282,7 @@ def test_resume_refuses_a_changed_model_or_optimiser_and_the_cache_is_parquet(tr
     """--resume with a changed learning rate or seed refuses, naming the fields; more
     epochs are allowed (an extended run). The cache is plain Parquet, readable without
     Ray (flat lists of T×D, T×K, T values)."""
-    from pipelines.stages import check_resume, run_pipeline
+    from pipelines.pipeline import check_resume, run_pipeline
 
     run = trained["run"]
     changed = load_config(str(run / "config.yaml"), ["train.stage1.lr=0.5", "train.seed=7"])
@@ -326,18 +326,23 @@ def test_class_sorted_manifest_trains_like_a_shuffled_one(ray_cluster, tmp_path)
         "sorted": table.assign(_k=first_label).sort_values("_k", kind="stable").drop(columns="_k"),
         "shuffled": table.sample(frac=1.0, random_state=11),
     }
-    results = {}
+    configs = {}
     for name, frame in orders.items():
         path = tmp_path / f"{name}.parquet"
         frame.to_parquet(path, index=False)
         shutil.copy(tmp_path / "corpus" / "classes.json", tmp_path / "classes.json")
-        cfg = load_config(
+        configs[name] = load_config(
             str(ROOT / "configs/synthetic.yaml"),
             [*tiny_overrides(str(path), str(tmp_path / "runs"), name), "train.stage1.epochs=4",
              "train.stage1.milestones=[]", "train.tracking=[]", "model.num_steps=2"],
         )  # fmt: skip
-        _, _, extra = read_model_checkpoint(run_stage1(cfg))
-        results[name] = extra
+    # the two runs side by side (each 2 DDP workers at 0.5 CPU; the cluster has 4): their
+    # start-ups overlap, the numbers do not depend on it (same seed, own run directory)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        done = {name: pool.submit(run_stage1, cfg) for name, cfg in configs.items()}
+        results = {name: read_model_checkpoint(f.result())[2] for name, f in done.items()}
     print({k: {m: v[m] for m in ("final_best_val", "final_loss")} for k, v in results.items()})
     assert abs(results["sorted"]["final_best_val"] - results["shuffled"]["final_best_val"]) <= 0.03
     # Batches differ between the two runs (the permutation is over manifest rows), which
