@@ -37,8 +37,8 @@ from frameexit.config import Config, config_help, load_config
 from frameexit.storage import exists
 from pipelines.common import RunPaths, run_command, setup_logging
 from pipelines.defaults import DEFAULT_CONFIG, ROOT, default_corpus
-from pipelines.report import format_metrics
 from pipelines.pipeline import run_pipeline
+from pipelines.report import format_metrics
 
 log = logging.getLogger("frameexit.train")
 
