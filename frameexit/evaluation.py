@@ -97,6 +97,7 @@ def paired_interval(
 ) -> tuple[float, float]:
     """Paired-bootstrap ``level`` interval of statistic(exit) − statistic(all T) over
     the same resampled videos (default statistic: the mean of per-video values)."""
+    exit_values, full_values = np.asarray(exit_values), np.asarray(full_values)
     n = len(exit_values)
     if n == 0:
         return (float("nan"), float("nan"))
@@ -147,6 +148,7 @@ def evaluate_outputs(
         point, logits, gate_probs, multi_label=multi_label, first_exits=first_exits
     )
     chosen = logits[np.arange(n), exit_step - 1]
+    point_scores = exit_scores(point.score, logits, gate_probs, multi_label=multi_label)
     per_step = float(step_cost.total)
     pred = chosen.argmax(-1)
     correct = target[np.arange(n), pred] > 0 if multi_label else pred == target
@@ -195,7 +197,7 @@ def evaluate_outputs(
     if not multi_label:  # ActivityNet reports mAP on single-label data: give both
         metrics["mAP"] = single_label_map(chosen, target, num_classes)
         metrics["noexit_mAP"] = single_label_map(logits[:, -1], target, num_classes)
-    names = list(class_names or [])
+    names = [] if class_names is None else [str(c) for c in class_names]
     if len(names) != num_classes:
         names = [str(i) for i in range(num_classes)]
     matrix = exit_matrix(logits, exit_step, target, multi_label)
@@ -211,7 +213,9 @@ def evaluate_outputs(
                 "gflops": exit_step * per_step,
                 "prediction": pred,
                 "correct": correct,
-                "exit_prob": gate_probs[np.arange(n), exit_step - 1],
+                "exit_prob": gate_probs[np.arange(n), exit_step - 1],  # the gate's g_t
+                # the score the operating point exits by (its `score`), at the exit step
+                "exit_score": point_scores[np.arange(n), exit_step - 1],
             }
         ),
         "exit_histogram": exit_histogram(exit_step, correct, num_steps),
@@ -234,15 +238,14 @@ def evaluate_outputs(
             gate_probs,
             target,
             per_step,
-            list(thresholds or DEFAULT_THRESHOLDS),
+            list(DEFAULT_THRESHOLDS if thresholds is None or len(thresholds) == 0 else thresholds),
             multi_label=multi_label,
             first_step_exits=first_exits,
         ),
     }
     if point.family is not None:
         losses = step_losses(codes, risk="disagreement")
-        scores = exit_scores(point.score, logits, gate_probs, multi_label=multi_label)
-        risks, steps = family_curve(np.asarray(point.family), scores, losses)
+        risks, steps = family_curve(np.asarray(point.family), point_scores, losses)
         tables["operating_point_family"] = pd.DataFrame(
             {"member": np.arange(1, len(risks) + 1), "disagreement": risks,
              "mean_steps": steps, "gflops": steps * per_step,

@@ -14,8 +14,10 @@ replayed exactly as early-exit inference would run it::
                 step_logits [T, K] ──► answer = logits[e]            ──► accuracy / mAP
                 step_gflops [T] ──► cost = step_gflops[0] + … + step_gflops[e-1] ──► GFLOPs
 
-τ = 0 exits every video at step 1; τ > 1 never exits early (the "w/o exit" point, all T
-steps). ``exit_steps`` equals ``FrameExit.early_exit`` (tested in
+τ = 0 exits every video at step 1; τ > 1 never exits early by the gates (the "w/o exit"
+point, all T steps), except that the official variant's step-1 confidence rule
+(``first_step_exits``: top softmax ≥ ``model.first_step_threshold``) still fires at
+step 1, as the authors' code does. ``exit_steps`` equals ``FrameExit.early_exit`` (tested in
 ``tests/test_frameexit_exits.py``).
 """
 

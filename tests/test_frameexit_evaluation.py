@@ -194,7 +194,7 @@ def test_tiny_single_label_metrics_by_hand():
 def test_tiny_predictions_table():
     out = tiny(threshold=0.5, videos=["a", "b", "c", "d"]).tables["predictions"]
     assert list(out.columns) == [
-        "video", "target", "exit_step", "frames", "gflops", "prediction", "correct", "exit_prob",
+        "video", "target", "exit_step", "frames", "gflops", "prediction", "correct", "exit_prob", "exit_score",
     ]  # fmt: skip
     assert out["video"].tolist() == ["a", "b", "c", "d"]
     assert out["target"].tolist() == [0, 1, 2, 0]
@@ -525,3 +525,39 @@ def test_paired_interval_exact_cases():
     pair = (np.array([0.0, 1.0]), np.zeros(2))
     assert paired_interval(*pair, level=0.6) == (0.0, 1.0)
     assert paired_interval(*pair, level=0.4) == (0.5, 0.5)
+
+
+def test_arrays_for_names_thresholds_and_interval_inputs_and_the_exit_score_column():
+    """numpy arrays are accepted where lists are (class names, the τ grid, the paired
+    interval's inputs with a statistic), and predictions carry the score the operating
+    point exited by next to the gate's probability."""
+    from frameexit.operating_point import OperatingPoint
+
+    n, steps, k = 6, 3, 3
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(n, steps, k)).astype(np.float32)
+    gates = rng.uniform(size=(n, steps)).astype(np.float32)
+    target = rng.integers(0, k, size=n)
+    cost = COST
+    names = np.array(["x", "y", "z"])
+    ev = evaluate_outputs(
+        logits=logits, gate_probs=gates, target=target, step_cost=cost, multi_label=False,
+        class_names=names, thresholds=np.array([0.0, 0.5, 1.01]),
+    )  # fmt: skip
+    assert list(ev.tables["per_class_frames"]["name"]) == ["x", "y", "z"]
+    assert list(ev.tables["threshold_sweep"]["threshold"]) == [0.0, 0.5, 1.01]
+    point = OperatingPoint(score="confidence", thresholds=(0.45, 0.45, 0.45), rule="fixed")
+    ev = evaluate_outputs(
+        logits=logits, gate_probs=gates, target=target, step_cost=cost, multi_label=False,
+        operating_point=point,
+    )  # fmt: skip
+    pred = ev.tables["predictions"]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = (e / e.sum(-1, keepdims=True)).max(-1)  # confidence: f_t's max softmax
+    steps_taken = pred["exit_step"].to_numpy()
+    assert np.allclose(pred["exit_score"], probs[np.arange(n), steps_taken - 1], atol=1e-6)
+    assert np.allclose(pred["exit_prob"], gates[np.arange(n), steps_taken - 1])
+    exited_early = steps_taken < steps
+    assert (pred["exit_score"][exited_early] >= 0.45).all()
+    low, high = paired_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], statistic=np.mean)
+    assert 1.0 <= low <= 2.0 <= high <= 3.0
