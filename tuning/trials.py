@@ -27,7 +27,7 @@ from typing import Any
 
 from frameexit.config import Config, config_from_dict
 from frameexit.operating_point import paper_threshold
-from pipelines import stages
+from pipelines import features, stages
 from pipelines.common import RunPaths
 from pipelines.data import load_split
 from pipelines.evaluate import evaluate
@@ -70,7 +70,7 @@ def stage1_trial(
             t0 = time.perf_counter()
             model_uri = stages.run_stage1(cfg)
             t1 = time.perf_counter()
-            cache = stages.build_feature_cache(cfg, model_uri, splits)
+            cache = features.build_feature_cache(cfg, model_uri, splits)
             t2 = time.perf_counter()
             event.data.update(stage1_seconds=t1 - t0, cache_seconds=t2 - t1)
         record = {
