@@ -171,3 +171,30 @@ def test_save_and_load_config_round_trip_without_credentials(tmp_path) -> None:
     back = load_config(uri)
     assert back == redacted(cfg) and back.train.beta == 0.002
     assert back.data.storage_options["secret"] != "s3cr3t"
+
+
+def test_resume_accepts_a_run_recorded_with_the_earlier_decode_names(tmp_path) -> None:
+    """A run whose config.yaml has data.decode_backend, ... (before data.decode) resumes;
+    a changed decode backend (not resumable: it changes the frames) still refuses."""
+    import yaml
+
+    from frameexit.config import config_to_dict, load_config
+    from pipelines.pipeline import check_resume
+
+    cfg = load_config(None, [f"train.storage={tmp_path}", "train.name=old"])
+    recorded = config_to_dict(cfg)
+    decode = recorded["data"].pop("decode")
+    recorded["data"].update(
+        decode_backend=decode["backend"], decode_fetch=decode["fetch"],
+        decode_timeout_s=decode["timeout_s"], decode_range_min_bytes=decode["range_min_bytes"],
+        max_video_bytes=decode["max_bytes"],
+    )  # fmt: skip
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
+    check_resume(cfg)
+    check_resume(load_config(None, [f"train.storage={tmp_path}", "train.name=old",
+                                    "data.decode.timeout_s=30"]))  # fmt: skip
+    with pytest.raises(ConfigError, match="data.decode.backend"):
+        check_resume(load_config(None, [f"train.storage={tmp_path}", "train.name=old",
+                                        "data.decode.backend=decord"]))  # fmt: skip
