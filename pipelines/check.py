@@ -229,11 +229,15 @@ def _write_outputs(
         duplicates="keep",
     )
     source = loaded.table.reset_index(drop=True)
-    results = checked.to_pandas().set_index("row")
+    results = checked.to_pandas()
     table = source.drop(columns=[c for c in CHECK_COLUMNS if c in source.columns])
-    table = table.join(results[CHECK_COLUMNS], how="left")
     table["input_id"] = inputs.videos.column("input_id").to_pylist()
-    bad = results[results["status"] == "bad_manifest_row"].reset_index()
+    # joined by input id, never by position: a rerun on a reordered or edited manifest
+    # finds each video's own result (a row number is where it was on an earlier run)
+    videos = results[results["status"] != "bad_manifest_row"]
+    by_id = videos.drop_duplicates("input_id", keep="last").set_index("input_id")
+    table = table.join(by_id[CHECK_COLUMNS], on="input_id", how="left")
+    bad = results[results["status"] == "bad_manifest_row"].reset_index(drop=True)
     everything = pd.concat([table, bad], ignore_index=True) if len(bad) else table
     write_parquet(join_uri(output, "checked.parquet"), everything, storage_options=options)
     usable = table[table["status"] == "ok"].drop(columns=["input_id", *CHECK_COLUMNS])

@@ -71,6 +71,24 @@ def test_check_a_corpus_with_every_kind_of_bad_file(ray_cluster, tiny_corpus, tm
     again = check_main(args)  # resumes: nothing left to open
     assert again["checked_this_run"] == 0 and again["complete"]
 
+    # A rerun on the manifest reordered, with a row inserted: every video keeps its own
+    # result (joined by input id, not by row number) and only the new one is opened.
+    added = str(tmp_path / "added-missing.mp4")
+    edited = pd.concat([rows.iloc[::-1], table.assign(video=added)], ignore_index=True)
+    edited = pd.concat([edited.iloc[:2], edited.iloc[-1:], edited.iloc[2:-1]], ignore_index=True)
+    edited.to_parquet(manifest, index=False)
+    rerun = check_main(args)
+    assert rerun["complete"] and rerun["checked_this_run"] == 1
+    checked = pd.read_parquet(Path(out) / "checked.parquet")
+    assert dict(zip(checked["video"], checked["status"], strict=True)) == {
+        **expected, added: "missing"
+    }  # fmt: skip
+    assert list(checked["video"]) == list(edited["video"])  # the manifest's order now
+    ok = checked[checked["status"] == "ok"].set_index("video")
+    assert ok.loc[liar, "num_frames"] == 30
+    usable = pd.read_parquet(clean)
+    assert sorted(usable["video"]) == sorted(v for v, s in expected.items() if s == "ok")
+
 
 @pytest.mark.ray
 def test_the_clean_manifest_keeps_the_class_map_of_the_whole_corpus(
