@@ -267,6 +267,28 @@ def test_parts_are_named_by_content_and_read_back_once(tmp_path):
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
 
 
+def test_compaction_never_deletes_the_part_it_just_wrote(tmp_path):
+    """A rewritten part is named after the ids it keeps; when that is the name of another
+    part the same compaction removes (its rows lost), the kept winner must survive.
+    Parts: {x, y@2} (x loses), {y@1} (loses; its name is the rewrite's), {x@2}."""
+    out = str(tmp_path / "out")
+
+    def row(i: str, attempts: int) -> dict:
+        return labeling.output_row(
+            row=0 if i == "x" else 1, input_id=i, video=i, status=STATUS_OK,
+            attempts=attempts, labels=[f"{i}@{attempts}"],
+        )  # fmt: skip
+
+    for rows in [[row("x", 1), row("y", 2)], [row("y", 1)], [row("x", 2)]]:
+        labeling.write_part(out, labeling.rows_to_table(rows))
+    assert len(labeling.list_parts(out)) == 3
+    counts = labeling.compact(out, None, None)
+    assert counts["rows_dropped"] == 2
+    labels = read_labels(out).set_index("input_id")["labels"]
+    assert {k: list(v) for k, v in labels.items()} == {"x": ["x@2"], "y": ["y@2"]}
+    assert len(labeling.list_parts(out)) == 2
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_kill_midway_and_rerun_gives_the_rows_of_an_uninterrupted_run(

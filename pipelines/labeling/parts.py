@@ -202,15 +202,25 @@ def compact(
     if not state.rows.num_rows or not pc.any(dropped).as_py():
         return counts
     parts_hit = pc.unique(state.rows.column("part").filter(dropped)).to_pylist()
+    # A rewrite is named after the ids it keeps, so it can take the name of another part
+    # hit here (one holding only losing rows of the same ids): that file then already
+    # holds winners, and is neither read with its old positions nor removed.
+    written: set[str] = set()
     for index in sorted(parts_hit):
         uri = state.parts[index]
         in_part = pc.equal(state.rows.column("part"), index)
+        if uri in written:
+            counts["rows_dropped"] += int(pc.sum(pc.and_(in_part, pc.invert(keep))).as_py() or 0)
+            counts["parts_rewritten"] += 1
+            continue
         keep_positions = state.rows.column("position").filter(pc.and_(in_part, keep))
         table = read_part(uri, options, schema=schema)
         kept = table.take(keep_positions)
         counts["rows_dropped"] += table.num_rows - kept.num_rows
         new_uri = write_part(output, kept, options, schema) if kept.num_rows else None
-        if new_uri != uri:
+        if new_uri is not None:
+            written.add(new_uri)
+        if new_uri != uri and uri not in written:
             remove(uri, storage_options=options)
         counts["parts_rewritten"] += 1
     return counts
