@@ -420,9 +420,15 @@ _SECRET_QUERY = re.compile(
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
 
 
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
 def is_secret_key(name: Any) -> bool:
-    """Whether a mapping key names a credential (see the patterns above)."""
-    return bool(_SECRET_KEY.search(str(name)))
+    """Whether a mapping key names a credential (see the patterns above), in any
+    spelling: ``aws_secret_access_key``, ``SecretAccessKey``, ``sessionToken``,
+    ``SSECustomerKey`` (camelCase words are split before matching)."""
+    text = str(name)
+    return bool(_SECRET_KEY.search(text) or _SECRET_KEY.search(_CAMEL.sub("_", text)))
 
 
 def _redact_url(text: str) -> str:

@@ -138,3 +138,28 @@ def test_start_and_stop_loopback_s3() -> None:
         proc = server.process
     assert proc.poll() is not None and server.process is None
     server.stop()  # idempotent
+
+
+def test_camel_case_credential_names_are_redacted() -> None:
+    """boto3/s3fs spell credentials in camelCase (SSE-C keys in s3_additional_kwargs,
+    STS answers): they are masked like snake_case ones, and ordinary names are not."""
+    from frameexit.storage import REDACTED, is_secret_key, redact
+
+    options = {
+        "s3_additional_kwargs": {
+            "SSECustomerAlgorithm": "AES256",
+            "SSECustomerKey": "c2VjcmV0LWtleS0zMi1ieXRlcy1sb25nLi4uLi4=",
+        },
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"},
+        "SecretAccessKey": "wJalrXUtnFEMI",
+        "sessionToken": "FwoGZXIvYXdz",
+        "AccessKeyId": "AKIAEXAMPLE",
+    }
+    masked = redact(options)
+    assert masked["s3_additional_kwargs"]["SSECustomerKey"] == REDACTED
+    assert masked["s3_additional_kwargs"]["SSECustomerAlgorithm"] == "AES256"
+    assert masked["SecretAccessKey"] == masked["sessionToken"] == REDACTED
+    assert masked["AccessKeyId"] == REDACTED
+    assert masked["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9000"
+    for plain in ("keyframes", "monkey", "tokenizer_name", "num_frames", "sessions_dir"):
+        assert not is_secret_key(plain), plain
