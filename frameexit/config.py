@@ -71,7 +71,8 @@ class ModelConfig:
     # the paper's rule, gate probability >= τ at every step, when set; None: the
     # checkpoint's operating point (exit.*), or τ = 0.5 when it has none
     exit_threshold: float | None = setting(None, checkpoint_override=True)
-    first_step_threshold: float = setting(0.99, checkpoint_override=True)  # official variant: step-1 exit on top softmax score
+    # official variant: step-1 exit on the top softmax score
+    first_step_threshold: float = setting(0.99, checkpoint_override=True)
     # what the gates see: "features" (the paper: z_{t-1}, z_t) or "features+confidence"
     # (also f_t's output statistics); None: from exit.score
     gate_inputs: str | None = None
@@ -142,7 +143,7 @@ class DataConfig:
     )
 
     def validate(self, prefix: str = "data") -> None:
-        self.decode.check(f"{prefix}.decode")
+        # `decode` checked itself when it was made (DecodeOptions is frozen)
         if self.decode.timeout_s is None:
             raise ConfigError(f"{prefix}.decode.timeout_s", "a run needs a time bound per video")
         positive(prefix, "batch_size", self.batch_size)
@@ -188,10 +189,12 @@ class TrainConfig:
     beta: float = 1e-3
     max_failures: int = setting(1, resumable=True)
     seed: int = 0
-    val_every: int = setting(1, resumable=True)  # validate on data.val_split every N epochs (and after the last)
+    # validate on data.val_split every N epochs (and after the last)
+    val_every: int = setting(1, resumable=True)
     # experiment tracking: "tensorboard" (event files in {run}/tensorboard), "mlflow"
     tracking: list[str] = setting(default_factory=lambda: ["tensorboard"], resumable=True)
-    mlflow_uri: str = setting("", resumable=True)  # MLflow tracking URI; empty: a local file store {run}/mlruns
+    # MLflow tracking URI; empty: a local file store {run}/mlruns
+    mlflow_uri: str = setting("", resumable=True)
 
     def validate(self, prefix: str = "train") -> None:
         if not self.storage:
@@ -297,8 +300,10 @@ class LabelConfig:
     top_k: int = setting(5, fingerprint="top_k")
     multi_label_threshold: float = setting(0.5, fingerprint="multi_label_threshold")
     part_size: int = setting(256, commands=("label", "check"))
-    retry: bool = setting(True, commands=("label", "check"))  # a rerun labels again the rows of retryable errors (timeout, ...)
-    lease_seconds: float = setting(120.0, commands=("label", "check"))  # an output's writer lease; a crashed run's expires
+    # a rerun labels again the rows of retryable errors (timeout, ...)
+    retry: bool = setting(True, commands=("label", "check"))
+    # an output's writer lease; a crashed run's expires
+    lease_seconds: float = setting(120.0, commands=("label", "check"))
     # the model's device path (frameexit.inference.device_plan); None / "auto": what suits
     # the device — on a GPU bf16 autocast, channels_last, pinned non-blocking copies and
     # step t+1 decoded and copied while step t computes; on CPU none of them

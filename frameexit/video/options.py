@@ -14,10 +14,10 @@ read, not what it is, so a resumed training run may change them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from frameexit.config_parsing import choice, number, positive
 from frameexit.errors import ConfigError
 from frameexit.fields import setting
 
@@ -53,29 +53,19 @@ class DecodeOptions:
         self.check()
 
     def check(self, prefix: str = "decode") -> None:
-        """Raise ``ConfigError`` naming ``{prefix}.field`` for a value not allowed."""
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"{prefix}.backend", f"must be one of {', '.join(BACKENDS)}; got {self.backend!r}"
-            )
-        if self.fetch not in FETCH_MODES:
-            raise ConfigError(
-                f"{prefix}.fetch", f"must be one of {', '.join(FETCH_MODES)}; got {self.fetch!r}"
-            )
+        """Raise ``ConfigError`` naming ``{prefix}.field`` for a value not allowed (the
+        value checks every config section uses)."""
+        choice(prefix, "backend", self.backend, BACKENDS)
+        choice(prefix, "fetch", self.fetch, FETCH_MODES)
         if self.backend == "decord" and self.fetch == "ranges":
             raise ConfigError(f"{prefix}.fetch", "backend decord reads whole files, not ranges")
-        timeout = self.timeout_s
-        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-        if timeout is not None and not (number and math.isfinite(timeout) and timeout > 0):
-            raise ConfigError(
-                f"{prefix}.timeout_s", f"must be a finite number > 0 or null, got {timeout!r}"
-            )
-        for name in ("range_min_bytes", "threads", "max_bytes", "block_size"):
-            value = getattr(self, name)
-            if value is None and name in ("max_bytes", "block_size"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{prefix}.{name}", f"must be a positive integer, got {value!r}")
+        if self.timeout_s is not None:
+            number(prefix, "timeout_s", self.timeout_s, minimum=0, open_low=True)
+        positive(prefix, "range_min_bytes", self.range_min_bytes)
+        positive(prefix, "threads", self.threads)
+        for name in ("max_bytes", "block_size"):  # None: no limit / the source's default
+            if getattr(self, name) is not None:
+                positive(prefix, name, getattr(self, name))
 
     @property
     def source_fetch(self) -> str:
