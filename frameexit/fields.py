@@ -21,7 +21,7 @@ A role set on a section field (``Config.exit``) holds for every field inside it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 ROLES = ("resumable", "fingerprint", "checkpoint_override", "commands")
@@ -63,10 +63,7 @@ def _walk(cls: type, prefix: str = "", inherited: Mapping[str, Any] | None = Non
     defaults = cls()
     for f in dataclasses.fields(cls):
         name = f"{prefix}.{f.name}" if prefix else f.name
-        roles = {
-            key: role(f, key) or inherited.get(key, () if key == "commands" else False)
-            for key in ("resumable", "fingerprint", "checkpoint_override", "commands")
-        }
+        roles = {key: role(f, key) or inherited.get(key, role(f, key)) for key in ROLES}
         value = getattr(defaults, f.name)
         section = dataclasses.is_dataclass(value)
         yield name, f, roles, section
@@ -110,9 +107,9 @@ def fingerprint_of(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def config_help(command: str, *, fields: Sequence[str] | None = None) -> str:
+def config_help(command: str) -> str:
     """The config fields ``command``'s ``--help`` lists (declared with ``commands`` on the
-    field or its section), with their defaults (``fields``: only these names)."""
+    field or its section), with their defaults."""
     from frameexit.config import Config
 
     lines = ["config fields (set with --config FILE.yaml or a.b=value):"]
@@ -120,8 +117,6 @@ def config_help(command: str, *, fields: Sequence[str] | None = None) -> str:
     plain = flatten(defaults)
     for dotted, f, roles, section in _walk(Config):
         if section or command not in roles["commands"]:
-            continue
-        if fields is not None and dotted not in fields:
             continue
         if dotted in plain:
             kind = str(f.type).replace("typing.", "")
