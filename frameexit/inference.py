@@ -137,7 +137,7 @@ def _reader_of(cfg: Config) -> Opener:
     from frameexit.video import open_video
 
     return lambda uri: open_video(
-        uri, cfg.data.decode, storage_options=cfg.data.storage_options or None
+        uri, cfg.data.decode, storage_options=cfg.data.storage_options
     )
 
 

@@ -163,6 +163,14 @@ class RunPaths:
         return self("skipped_videos.parquet")
 
 
+def uri_options(cfg: Config, uri: str) -> dict[str, Any]:
+    """The run's storage options that apply to ``uri`` (``data.storage_options`` for a
+    remote URI, none for a local one)."""
+    from frameexit.storage import options_for
+
+    return options_for(uri, cfg.data.storage_options)
+
+
 # --- Ray ------------------------------------------------------------------------------
 
 

@@ -25,13 +25,12 @@ from frameexit.storage import (
     exists,
     join_uri,
     list_files,
-    options_for,
     pyarrow_filesystem,
     read_bytes,
     remove,
     write_text,
 )
-from pipelines.common import RunPaths, ensure_ray, shared, unshared
+from pipelines.common import RunPaths, ensure_ray, shared, unshared, uri_options
 from pipelines.data import collect_skipped, video_dataset
 
 log = logging.getLogger("frameexit.pipelines")
@@ -122,10 +121,10 @@ def build_feature_cache(
 
     ensure_ray(cfg)
     paths = RunPaths(cfg)
-    model_hash = file_sha256(model_uri, _options(cfg, model_uri))
+    model_hash = file_sha256(model_uri, uri_options(cfg, model_uri))
     out: dict[str, str] = {}
     # one reference for every split's actor pool, held until all of them are done
-    model_options = shared(_options(cfg, model_uri))
+    model_options = shared(uri_options(cfg, model_uri))
     for split in splits:
         uri = paths.features(split)
         marker = join_uri(uri, "_SUCCESS")
@@ -181,6 +180,3 @@ def file_sha256(uri: str, options: dict[str, Any]) -> str:
     """SHA-256 of the object at ``uri``."""
     return hashlib.sha256(read_bytes(uri, storage_options=options)).hexdigest()
 
-
-def _options(cfg: Config, uri: str) -> dict[str, Any]:
-    return options_for(uri, cfg.data.storage_options)

@@ -84,8 +84,8 @@ def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
 
 
 def _maybe_fail(fault: dict[str, Any] | None, stage: int, epoch: int, rank: int) -> None:
-    """Test hook ``train.fail_after_epoch`` (frameexit.testing.hooks): raise after ``epoch``'s checkpoint, once if a
-    marker file is given, else always."""
+    """Test hook ``train.fail_after_epoch`` (frameexit.testing.hooks): raise after
+    ``epoch``'s checkpoint, once if a marker file is given, else always."""
     if not fault or fault.get("stage") != stage or fault.get("epoch") != epoch or rank != 0:
         return
     marker = fault.get("marker")

@@ -22,8 +22,8 @@ from typing import Any
 
 from frameexit.config import Config, config_to_dict, fields_with, flatten, redacted, upgrade
 from frameexit.errors import ConfigError
-from frameexit.storage import exists, options_for, read_bytes, redact, url_to_fs, write_text
-from pipelines.common import RunPaths, ensure_ray
+from frameexit.storage import exists, read_bytes, redact, url_to_fs, write_text
+from pipelines.common import RunPaths, ensure_ray, uri_options
 from pipelines.evaluate import evaluate
 from pipelines.features import build_feature_cache, file_sha256, finish_skipped
 from pipelines.stages import run_stage1, run_stage2, write_config
@@ -32,7 +32,7 @@ log = logging.getLogger("frameexit.pipelines")
 
 
 def _manifest_sha256(cfg: Config) -> str:
-    return file_sha256(cfg.data.manifest, _options(cfg, cfg.data.manifest))
+    return file_sha256(cfg.data.manifest, uri_options(cfg, cfg.data.manifest))
 
 
 def _outermost(names: Any) -> list[str]:
@@ -135,10 +135,10 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     else:
         log.info("stage 2: reusing %s", stage2)
     # every step's outputs of val and test, read once: calibration and both rules use them
-    model, _ = load_model_checkpoint(stage2, storage_options=_options(cfg, stage2) or None)
+    model, _ = load_model_checkpoint(stage2, storage_options=uri_options(cfg, stage2) or None)
     val = cfg.data.val_split
     outputs = {
-        split: read_cache_outputs(model, cache[split], _options(cfg, cache[split]))
+        split: read_cache_outputs(model, cache[split], uri_options(cfg, cache[split]))
         for split in dict.fromkeys([val, *([test] if test else [])])
     }
     point = calibrate_on_cache(
@@ -198,9 +198,6 @@ def _track_results(cfg: Config, metrics: dict[str, Any]) -> None:
     finally:
         tracker.close()
 
-
-def _options(cfg: Config, uri: str) -> dict[str, Any]:
-    return options_for(uri, cfg.data.storage_options)
 
 
 def _non_empty(uri: str, options: dict[str, Any]) -> bool:

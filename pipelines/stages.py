@@ -31,11 +31,10 @@ from frameexit.config import (
 )
 from frameexit.storage import (
     exists,
-    options_for,
     pyarrow_filesystem,
 )
 from frameexit.testing import hooks
-from pipelines.common import RunPaths, ensure_ray, shared, verbose
+from pipelines.common import RunPaths, ensure_ray, shared, uri_options, verbose
 from pipelines.data import (
     ingest_options,
     training_columns,
@@ -240,7 +239,7 @@ def _cache_dataset(cfg: Config, uri: str, columns: list[str], *, shuffle: bool):
     import ray.data
     from ray.data import RandomSeedConfig
 
-    fs, path = pyarrow_filesystem(uri, _options(cfg, uri))
+    fs, path = pyarrow_filesystem(uri, uri_options(cfg, uri))
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
     if _bytes_of(fs, path) <= CACHE_IN_MEMORY_BYTES:
         # read once into the object store: every epoch then streams blocks already in
@@ -282,7 +281,7 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
         {
             "cfg": shared(cfg),
             "stage1_uri": stage1_uri,
-            "storage_options": shared(_options(cfg, stage1_uri)),
+            "storage_options": shared(uri_options(cfg, stage1_uri)),
             "fault": _fault(2),
             "validate": "val" in datasets,
         },
@@ -290,7 +289,7 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
         stage="stage2",
     )
     state = read_state(result.checkpoint)
-    weights, _, _ = read_model_checkpoint(stage1_uri, storage_options=_options(cfg, stage1_uri))
+    weights, _, _ = read_model_checkpoint(stage1_uri, storage_options=uri_options(cfg, stage1_uri))
     model = model_from_state(cfg.model, weights, source=stage1_uri)
     model.gates.load_state_dict(state["model"])
     uri = paths.model(name)
@@ -313,9 +312,6 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
 
 # --- small helpers --------------------------------------------------------------------
 
-
-def _options(cfg: Config, uri: str) -> dict[str, Any]:
-    return options_for(uri, cfg.data.storage_options)
 
 
 def _scalars(metrics: dict[str, Any] | None) -> dict[str, Any]:

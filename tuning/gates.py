@@ -31,9 +31,9 @@ import torch
 from frameexit.checkpoint import model_from_state, read_model_checkpoint, save_model_checkpoint
 from frameexit.config import Config, redacted
 from frameexit.losses import set_stage
-from frameexit.storage import options_for, pyarrow_filesystem
+from frameexit.storage import pyarrow_filesystem
 from frameexit.training import GateHead, gate_epoch, gate_metrics, gate_sums, make_optimizer
-from pipelines.common import RunPaths
+from pipelines.common import RunPaths, uri_options
 from pipelines.evaluate import tensor_column
 
 log = logging.getLogger("frameexit.tuning.gates")
@@ -50,7 +50,7 @@ def cache_megabytes(cfg: Config, cache: dict[str, str]) -> float:
     rows = 0
     for split in dict.fromkeys([cfg.data.train_split, cfg.data.val_split]):
         if split in cache:
-            fs, path = pyarrow_filesystem(cache[split], _options(cfg, cache[split]))
+            fs, path = pyarrow_filesystem(cache[split], uri_options(cfg, cache[split]))
             rows += pads.dataset(path, format="parquet", filesystem=fs).count_rows()
     return rows * cfg.model.num_steps * (cfg.model.feature_dim + 1) * 4 / 1024**2
 
@@ -67,7 +67,7 @@ def read_gate_inputs(cfg: Config, uri: str) -> tuple[torch.Tensor, torch.Tensor]
     order (so the order, and with it the training, does not depend on file names)."""
     import pyarrow.dataset as pads
 
-    fs, path = pyarrow_filesystem(uri, _options(cfg, uri))
+    fs, path = pyarrow_filesystem(uri, uri_options(cfg, uri))
     table = pads.dataset(path, format="parquet", filesystem=fs).to_table(
         columns=["row", "features", "step_losses"]
     )
@@ -91,7 +91,7 @@ def train_gates_in_process(
     torch.set_num_threads(1)  # β trials run side by side, one core each
     torch.manual_seed(cfg.train.seed)
     weights, _, _ = read_model_checkpoint(
-        stage1_uri, storage_options=_options(cfg, stage1_uri) or None
+        stage1_uri, storage_options=uri_options(cfg, stage1_uri) or None
     )
     model = model_from_state(cfg.model, weights, source=stage1_uri)
     set_stage(model, 2)
@@ -143,6 +143,3 @@ def train_gates_in_process(
     log.info("stage 2 (in process) done in %.1f s: %s", time.perf_counter() - began, uri)
     return uri
 
-
-def _options(cfg: Config, uri: str) -> dict[str, Any]:
-    return options_for(uri, cfg.data.storage_options)

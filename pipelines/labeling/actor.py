@@ -95,7 +95,7 @@ class VideoLabeler:
         if self.poison and self.poison in uri:
             hooks.exit_process(137)  # test hook label.kill_worker_on (like the OOM killer)
         return open_video(
-            uri, self.cfg.data.decode, storage_options=self.cfg.data.storage_options or None
+            uri, self.cfg.data.decode, storage_options=self.cfg.data.storage_options
         )
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
