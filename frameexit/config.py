@@ -141,6 +141,13 @@ class DataConfig:
     decode: DecodeOptions = field(
         default_factory=lambda: DecodeOptions(timeout_s=60.0, max_bytes=8 * 1024**3)
     )
+    # where manifest rows may point: URI prefixes (s3://bucket/videos/, /data/videos/).
+    # Empty: the manifest's own bucket (remote manifests) or its directory tree (local
+    # ones), plus the synthetic default's corpus. A row outside is a `bad_manifest_row`.
+    allowed_prefixes: list[str] = setting(default_factory=list, resumable=True)
+    # plain http(s) video URIs are refused unless allowed; link-local and cloud metadata
+    # addresses are refused always
+    allow_http: bool = setting(False, resumable=True)
 
     def validate(self, prefix: str = "data") -> None:
         # `decode` checked itself when it was made (DecodeOptions is frozen)
@@ -148,6 +155,15 @@ class DataConfig:
             raise ConfigError(f"{prefix}.decode.timeout_s", "a run needs a time bound per video")
         positive(prefix, "batch_size", self.batch_size)
         positive(prefix, "decode_concurrency", self.decode_concurrency)
+        for i, allowed in enumerate(self.allowed_prefixes):
+            if not isinstance(allowed, str) or not allowed:
+                raise ConfigError(
+                    f"{prefix}.allowed_prefixes[{i}]", f"must be a URI prefix, got {allowed!r}"
+                )
+        if not isinstance(self.allow_http, bool):
+            raise ConfigError(
+                f"{prefix}.allow_http", f"must be true or false, got {self.allow_http!r}"
+            )
 
 
 @dataclass
@@ -195,6 +211,9 @@ class TrainConfig:
     tracking: list[str] = setting(default_factory=lambda: ["tensorboard"], resumable=True)
     # MLflow tracking URI; empty: a local file store {run}/mlruns
     mlflow_uri: str = setting("", resumable=True)
+    # the run's writer lease ({run}/_lease.json): a second job with the same name waits
+    # for nothing and refuses; a crashed job's lease expires after this long
+    lease_seconds: float = setting(120.0, resumable=True)
 
     def validate(self, prefix: str = "train") -> None:
         if not self.storage:
@@ -209,6 +228,7 @@ class TrainConfig:
         integer(prefix, "max_failures", self.max_failures, minimum=0)
         integer(prefix, "seed", self.seed, minimum=0)
         positive(prefix, "val_every", self.val_every)
+        number(prefix, "lease_seconds", self.lease_seconds, minimum=5)
         for i, kind in enumerate(self.tracking):
             choice(prefix, f"tracking[{i}]", kind, ("tensorboard", "mlflow"))
         self.stage1.validate(f"{prefix}.stage1")
@@ -304,6 +324,9 @@ class LabelConfig:
     retry: bool = setting(True, commands=("label", "check"))
     # an output's writer lease; a crashed run's expires
     lease_seconds: float = setting(120.0, commands=("label", "check"))
+    # a retryable row (timeout, storage error, crash) is labeled again by at most this
+    # many runs in all; then its row is final
+    max_attempts: int = setting(3, commands=("label", "check"))
     # the model's device path (frameexit.inference.device_plan); None / "auto": what suits
     # the device — on a GPU bf16 autocast, channels_last, pinned non-blocking copies and
     # step t+1 decoded and copied while step t computes; on CPU none of them
@@ -327,6 +350,7 @@ class LabelConfig:
         integer(prefix, "calibration_seed", self.calibration_seed, minimum=0)
         unit_interval(prefix, "multi_label_threshold", self.multi_label_threshold)
         number(prefix, "lease_seconds", self.lease_seconds, minimum=5)
+        positive(prefix, "max_attempts", self.max_attempts)
         choice(prefix, "precision", self.precision, ("auto", "bf16", "fp32"))
         for name in ("channels_last", "prefetch_next_step"):
             value = getattr(self, name)
@@ -458,9 +482,7 @@ def config_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(redacted(cfg)), sort_keys=False)
 
 
-def save_config(
-    cfg: Config, uri: str, *, storage_options: Mapping[str, Any] | None = None
-) -> str:
+def save_config(cfg: Config, uri: str, *, storage_options: Mapping[str, Any] | None = None) -> str:
     """Write the config (credentials masked) as YAML to ``uri`` (any URI, atomically);
     return ``uri``. :func:`load_config` reads it back."""
     from frameexit.storage import write_text
