@@ -19,12 +19,21 @@ AWS sources (environment, ``~/.aws``, instance role) are used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from frameexit.config import Config
-from frameexit.storage import absolute_uri, join_uri, options_for
+from frameexit.storage import (
+    absolute_uri,
+    install_secret_filter,
+    join_uri,
+    local_path,
+    options_for,
+)
 
 log = logging.getLogger("frameexit.pipelines")
 
@@ -53,6 +62,7 @@ def setup_logging(*, verbose_console: bool = False) -> None:
         os.environ[VERBOSE_ENV] = "1"
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    install_secret_filter()  # every line scrubbed of every known secret, whatever its key
     logging.getLogger("frameexit").setLevel(logging.INFO)
     if not verbose():
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
@@ -64,6 +74,7 @@ def quiet_train_logs() -> None:
     notices) off the console unless verbose. ``RunConfig.logging_config`` filters only
     loggers named ``ray.train.*``; the report dump's logger is named after its file
     (``getLogger(__file__)`` in ray.train.v2's execution context), so it is set here."""
+    install_secret_filter()
     if verbose():
         return
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -83,12 +94,85 @@ def quiet_train_logs() -> None:
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+def register_argument_secrets(argv: Sequence[str]) -> None:
+    """Register the storage options a command line carries as secrets before anything
+    parses it, so that an error quoting them (a mistyped ``data.storage_options=``
+    override, a config file that does not validate) is scrubbed like any later log line:
+    the values of ``...storage_options...=`` overrides and of credential-named ones
+    (``...secret=``) — every word of one that does not parse — and the storage options
+    of a local ``--config`` file."""
+    import yaml
+
+    from frameexit.storage import is_local, is_secret_key, register_secrets
+
+    args = list(argv)
+    for i, arg in enumerate(args):
+        config = None
+        if arg == "--config" and i + 1 < len(args):
+            config = args[i + 1]
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        if config:
+            with contextlib.suppress(Exception):  # read properly (or refused) later
+                if is_local(config) and os.path.getsize(local_path(config)) <= 1024**2:
+                    with open(local_path(config), encoding="utf-8") as handle:
+                        _register_nested(yaml.safe_load(handle), register_secrets)
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, raw = arg.split("=", 1)
+        parts = key.strip().split(".")
+        if "storage_options" not in parts and not any(is_secret_key(p) for p in parts):
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = [raw, *(w for w in _WORDS.findall(raw) if not w.endswith(":"))]
+        register_secrets({parts[-1]: value} if value is not None else raw)
+
+
+_WORDS = re.compile(r"[^\s,{}\[\]'\"]+")
+# a YAML error's context: '  in "<unicode string>", line 1, column 5:', then the quoted
+# line and a caret line under it
+_YAML_SNIPPET = re.compile(r'(\n\s*in "<[^>]*>", line \d+, column \d+:)(\n[^\n]*)?(\n\s*\^)?')
+
+
+def _register_nested(data: Any, register: Any) -> None:
+    """Register every ``storage_options`` mapping inside parsed YAML."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key == "storage_options" and value:
+                register(value)
+            else:
+                _register_nested(value, register)
+
+
+def error_message(error: BaseException) -> str:
+    """What the log says about ``error``: its text scrubbed of every known secret
+    (:func:`frameexit.storage.scrub`). A config error about storage options or a
+    credential also loses the YAML parser's quote of the line (it cuts a secret into
+    fragments no value match finds)."""
+    from frameexit.errors import ConfigError
+    from frameexit.storage import is_secret_key, scrub
+
+    text = str(error)
+    if isinstance(error, ConfigError):
+        parts = str(error.field).split(".")
+        if "storage_options" in parts or any(is_secret_key(p) for p in parts):
+            text = _YAML_SNIPPET.sub(r"\1 (not shown: it may hold credentials)", text)
+    return scrub(text)
+
+
 def run_command(main: Any, argv: list[str] | None) -> int:
     """Run an entry point's ``main(argv)`` and map its outcome to an exit code (above).
-    ``main`` returns a result (a ``complete: False`` in it means incomplete) or raises."""
-    from frameexit.errors import CheckpointError, ConfigError, ManifestError
-    from frameexit.storage import scrub
+    ``main`` returns a result (a ``complete: False`` in it means incomplete) or raises.
+    Every line it logs is scrubbed of every known secret, the command line's storage
+    options included (:func:`register_argument_secrets`)."""
+    import sys
 
+    from frameexit.errors import CheckpointError, ConfigError, ManifestError
+
+    register_argument_secrets(sys.argv[1:] if argv is None else argv)
+    install_secret_filter()
     try:
         result = main(argv)
     except SystemExit as stop:  # argparse: --help is 0, a usage error 2
@@ -97,10 +181,10 @@ def run_command(main: Any, argv: list[str] | None) -> int:
         log.error("interrupted")
         return EXIT_INTERRUPTED
     except (ConfigError, ManifestError, CheckpointError) as error:
-        log.error("%s", scrub(str(error)))
+        log.error("%s", error_message(error))
         return EXIT_CONFIG
     except Exception as error:  # noqa: BLE001 - the code tells a scheduler to retry
-        log.exception("failed: %s", scrub(f"{type(error).__name__}: {error}"))
+        log.exception("failed: %s: %s", type(error).__name__, error_message(error))
         return EXIT_FAILURE
     if isinstance(result, dict) and result.get("complete") is False:
         return EXIT_INCOMPLETE
@@ -229,6 +313,7 @@ def ensure_ray(
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True, **_quiet_ray_kwargs())
+        install_secret_filter()  # ray.init adds handlers of its own
         return
     need = 2.0 if cpus_needed is None else cpus_needed
     if cfg is not None and cpus_needed is None:
@@ -246,3 +331,4 @@ def ensure_ray(
         **_quiet_ray_kwargs(),
         **kwargs,
     )
+    install_secret_filter()
