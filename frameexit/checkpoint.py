@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,7 @@ def model_from_state(
     """
     from frameexit.model import build_model
 
+    check_declared_shapes(model_cfg, state, source=source)
     cfg = copy.deepcopy(model_cfg)
     cfg.pretrained = None
     model = build_model(cfg)
@@ -110,6 +112,50 @@ def model_from_state(
             f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
         )
     return model
+
+
+def _shape(state: Mapping[str, Any], key: str) -> tuple[int, ...] | None:
+    value = state.get(key)
+    shape = getattr(value, "shape", None)
+    return tuple(int(n) for n in shape) if shape is not None else None
+
+
+def check_declared_shapes(
+    model_cfg: ModelConfig, state: Mapping[str, Any], *, source: str = "checkpoint"
+) -> None:
+    """Compare the fields that size the network (``num_steps``, ``num_classes``,
+    ``feature_dim``, ``gate_hidden``) with the tensors of ``state`` before anything is
+    allocated: a config declaring a huge ``num_classes`` next to small weights would
+    otherwise build a model of that size first. Raises :class:`CheckpointError` naming
+    the field."""
+
+    def refuse(field: str, declared: int, found: int | str, where: str) -> None:
+        raise CheckpointError(
+            f"{source}: model.{field} is {declared} in its config, but its weights have "
+            f"{found} ({where}); the checkpoint does not describe one model"
+        )
+
+    steps = {int(k.split(".")[1]) for k in state if re.fullmatch(r"classifiers\.\d+\.weight", k)}
+    if not steps:
+        raise CheckpointError(
+            f"{source}: no classifiers.*.weight in its weights: model.num_classes and "
+            "model.num_steps cannot be checked"
+        )
+    if len(steps) != model_cfg.num_steps or steps != set(range(len(steps))):
+        refuse("num_steps", model_cfg.num_steps, len(steps), "classifiers.<t>.weight")
+    weight = _shape(state, "classifiers.0.weight")
+    if weight is None or len(weight) != 2:
+        raise CheckpointError(f"{source}: classifiers.0.weight is not a matrix ({weight})")
+    if weight[0] != model_cfg.num_classes:
+        refuse("num_classes", model_cfg.num_classes, weight[0], "classifiers.0.weight rows")
+    if weight[1] != model_cfg.feature_dim:
+        refuse("feature_dim", model_cfg.feature_dim, weight[1], "classifiers.0.weight columns")
+    # the gates' MLP ends in a Linear(…, gate_hidden): g_1's for the paper's gates, g_2's
+    # for the official ones (their g_1 is a confidence rule without weights)
+    key = "gates.1.mlp.3.weight" if model_cfg.variant == "official" else "gates.0.mlp.2.weight"
+    hidden = _shape(state, key)
+    if hidden is not None and hidden[0] != model_cfg.gate_hidden:
+        refuse("gate_hidden", model_cfg.gate_hidden, hidden[0], f"{key} rows")
 
 
 def load_model_checkpoint(

@@ -61,6 +61,7 @@ def load_split(cfg: Config, split: str, *, limit: int | None = None) -> pd.DataF
 
     options = options_for(cfg.data.manifest, cfg.data.storage_options) or None
     loaded = load_manifest(cfg.data.manifest, storage_options=options)
+    check_classes(cfg, loaded)
     table = loaded.table
     if len(loaded.bad_rows):
         log.warning("%s: %d bad manifest rows ignored", cfg.data.manifest, len(loaded.bad_rows))
@@ -84,6 +85,28 @@ def load_split(cfg: Config, split: str, *, limit: int | None = None) -> pd.DataF
     if limit is not None:
         frame = frame.iloc[:limit]
     return frame.reset_index(drop=True)
+
+
+def check_classes(cfg: Config, loaded: Any) -> None:
+    """Refuse a ``model.num_classes`` that does not fit the manifest ``loaded`` (a
+    ``ManifestLoad``) on the driver, before any worker starts: every label id and every
+    class of the class map must be below it. Otherwise single-label training fails in
+    every worker (``Target 399 is out of bounds``, retried, exit 3) and multi-label
+    training silently drops the ids ≥ K from its targets. A class map smaller than the
+    model (a class without videos, a map built from a subset's rows) is allowed."""
+    from frameexit.errors import ConfigError
+
+    declared = cfg.model.num_classes
+    named = len(loaded.class_names)
+    ids = [int(i) for labels in loaded.table.get("label_ids", ()) for i in labels]
+    top = max(ids, default=-1)
+    if named > declared or top >= declared:
+        have = f"{named} classes (ids 0..{named - 1}" if named else "no class map (ids"
+        raise ConfigError(
+            "model.num_classes",
+            f"is {declared}, but the manifest {cfg.data.manifest} has {have}, max label id "
+            f"{top}); set model.num_classes={max(named, top + 1)}",
+        )
 
 
 def _seconds(rows: pd.DataFrame, column: str) -> np.ndarray:
