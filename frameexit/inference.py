@@ -19,6 +19,11 @@ exits at t was given for t+1 is dropped (counted, never reported as its error). 
 none of this is on by default (decode and compute share the cores), and each part can be
 switched on for tests.
 
+Memory: each video's frames are brought to the model's input size as soon as they are
+decoded (:func:`model_input_frame`, through ``VideoReader.transform_frames``), so the
+planned frames a reader keeps for later steps are small whatever the source's resolution;
+:func:`labeling_memory_bytes` is what an actor needs on that basis.
+
 No Ray here: a Ray Data actor (``pipelines/labeling``) or any other driver calls
 :func:`label_videos` on its batches.
 """
@@ -26,6 +31,7 @@ No Ray here: a Ray Data actor (``pipelines/labeling``) or any other driver calls
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -40,6 +46,7 @@ from frameexit.config import Config
 from frameexit.errors import VideoDecodeError
 from frameexit.policy import video_seed
 from frameexit.sampling import open_window, read_steps, step_indices, step_input_shape
+from frameexit.transforms import resize_size
 
 Opener = Callable[[str], Any]  # uri -> an open frameexit.video.VideoReader
 
@@ -132,13 +139,87 @@ def as_decode_error(uri: str, error: BaseException) -> VideoDecodeError:
     return classify_failure(uri, error)
 
 
+def model_input_frame(frame: np.ndarray, image_size: int) -> np.ndarray:
+    """A decoded uint8 ``[H, W, 3]`` frame reduced to what the eval transform
+    (``frames_to_tensor``, centre view) uses of it: resized exactly as it resizes (shorter
+    side to ``resize_size(image_size)``, antialiased bilinear on uint8), then the centred
+    square of that side. ``frames_to_tensor`` of the result equals ``frames_to_tensor`` of
+    the full frame, bit for bit, and it holds ``resize_size(image_size)² · 3`` bytes
+    (196 KB at 224) whatever the source's resolution."""
+    import torch.nn.functional as F
+
+    height, width = frame.shape[:2]
+    short = resize_size(image_size)
+    if height <= width:
+        new_h, new_w = short, max(short, int(round(width * short / height)))
+    else:
+        new_h, new_w = max(short, int(round(height * short / width))), short
+    x = torch.from_numpy(np.ascontiguousarray(frame)).unsqueeze(0).permute(0, 3, 1, 2)
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(
+            x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+        )
+    # the crop frames_to_tensor takes of (new_h, new_w) starts at (new - S) // 2; of the
+    # short×short square at (short - S) // 2: cut the square where the two agree
+    top = (new_h - image_size) // 2 - (short - image_size) // 2
+    left = (new_w - image_size) // 2 - (short - image_size) // 2
+    x = x[:, :, top : top + short, left : left + short]
+    return np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
+
+
+def labeling_memory_bytes(
+    *,
+    weights_bytes: int,
+    videos_in_flight: int,
+    decode_threads: int,
+    decode: Any,
+    image_size: int,
+    clip_length: int,
+    num_steps: int,
+) -> int:
+    """Bytes a labeling actor needs, counted from what it holds with frames kept at the
+    model's input size (:func:`model_input_frame`) and the decode limits of ``decode``
+    (``data.decode``, a ``DecodeOptions``):
+
+    * a 512 MiB interpreter/library base and the model twice (weights, working copy);
+    * per video in flight (``batch_size`` × batches in flight): its planned frames at
+      model-input size (``num_steps × clip_length`` uint8 squares of
+      ``resize_size(image_size)``) and the decoder sessions it may keep between reads,
+      at most ``decode.idle_decoder_bytes`` (larger ones are closed after each read);
+    * per decode thread, a frame of the largest size allowed (``decode.max_pixels``;
+      8K when unlimited) being decoded: one session's reference frames
+      (``limits.session_bytes``), its RGB conversion and the resize's scratch (3 B/pixel
+      each);
+    * the step inputs as float32 tensors, four times over (input, pinned/device copy,
+      activations).
+    """
+    from frameexit.video.limits import session_bytes
+    from frameexit.video.options import DEFAULT_MAX_PIXELS
+    from frameexit.video.pyav_backend import MAX_SESSIONS
+
+    short = resize_size(image_size)
+    kept = num_steps * clip_length * short * short * 3
+    pixels = decode.max_pixels or DEFAULT_MAX_PIXELS
+    largest_session = session_bytes(pixels, 1, decode.threads)
+    idle = decode.idle_decoder_bytes
+    held = MAX_SESSIONS * largest_session
+    held = held if idle is None else min(idle, held)
+    per_thread = largest_session + 6 * pixels
+    inputs = 4 * videos_in_flight * 3 * clip_length * image_size * image_size * 4
+    return int(
+        512 * 1024**2
+        + 2 * weights_bytes
+        + videos_in_flight * (kept + held)
+        + decode_threads * per_thread
+        + inputs
+    )
+
+
 def _reader_of(cfg: Config) -> Opener:
     """``uri -> VideoReader`` with the run's ``data.decode`` options and credentials."""
     from frameexit.video import open_video
 
-    return lambda uri: open_video(
-        uri, cfg.data.decode, storage_options=cfg.data.storage_options
-    )
+    return lambda uri: open_video(uri, cfg.data.decode, storage_options=cfg.data.storage_options)
 
 
 @dataclass(eq=False)
@@ -204,6 +285,11 @@ class BatchFrameSource:
     def _open(self, v: _Video) -> None:
         try:
             v.reader = self.open_reader(v.request.uri)
+            transform = getattr(v.reader, "transform_frames", None)
+            if transform is not None:  # planned frames kept at the model's input size
+                transform(
+                    functools.partial(model_input_frame, image_size=self.cfg.model.image_size)
+                )
             window = open_window(v.reader, v.request.uri, v.request.start, v.request.end)
             v.outcome.num_frames = window.num_frames
             v.outcome.warning = window.warning
@@ -329,9 +415,7 @@ def label_videos(
     ``frames_ahead_unused``: frames decoded ahead for steps their videos never reached."""
     if plan is None:
         plan = DevicePlan(next(model.parameters()).device)
-    source = BatchFrameSource(
-        requests, cfg, open_reader=open_reader, pool=pool, plan=plan
-    )
+    source = BatchFrameSource(requests, cfg, open_reader=open_reader, pool=pool, plan=plan)
     try:
         source.open()
         if source.running:

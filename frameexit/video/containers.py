@@ -4,7 +4,9 @@ container check.
 * ``sniff``: which container the first bytes announce (MP4/MOV, AVI, Matroska/WebM,
   MPEG-TS), or None: not a video container at all.
 * ``mp4_boxes``: the walk over a run of MP4 boxes (32-bit size, 64-bit ``largesize``,
-  size 0 = "to the end"), stopping at the first box that does not fit; the top-level walk
+  size 0 = "to the end"), stopping at the first box that does not fit or after
+  ``MAX_BOXES`` boxes (a file of 8-byte boxes must not keep a walk busy for minutes); the
+  top-level walk
   (``find_moov``, the open-failure diagnosis) and the walk inside ``moov``
   (``mp4_index``) are this one walk.
 * ``riff_declared_size`` / ``riff_complete``: the size an AVI's RIFF header declares,
@@ -48,6 +50,11 @@ CONTAINER_NAMES = {"mp4": "MP4", "avi": "AVI", "matroska": "Matroska/WebM", "mpe
 _NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf", "image2", "lavfi"}
 _NOT_VIDEO_CODECS = {"ansi", "bintext", "xbin", "idf"}
 
+# Boxes one walk looks at, at most (~1 s of walking). Real files have a handful at the
+# top level, ``moov`` among the first few (a fragmented MP4 has it before its two boxes
+# per fragment); a walk that reaches the bound stops with ``problem="too_many"``.
+MAX_BOXES = 200_000
+
 
 def sniff(read_at: ReadAt) -> str | None:
     """The container the magic bytes announce: ``mp4``, ``avi``, ``matroska``, ``mpegts``,
@@ -83,7 +90,8 @@ class Box:
     the 8- or 16-byte header) and where it ends (as declared). ``problem`` is set on the
     last item of a walk that stopped early: ``cut`` (the header runs past the end),
     ``corrupt`` (a size smaller than the header) or ``overrun`` (the declared size runs
-    past the end; ``end`` is then where it would end)."""
+    past the end; ``end`` is then where it would end) or ``too_many`` (``MAX_BOXES``
+    boxes walked: the walk stops before this one)."""
 
     kind: bytes
     start: int
@@ -96,12 +104,19 @@ class Box:
         return self.end - self.start
 
 
-def mp4_boxes(read_at: ReadAt, end: int, start: int = 0) -> Iterator[Box]:
+def mp4_boxes(
+    read_at: ReadAt, end: int, start: int = 0, max_boxes: int = MAX_BOXES
+) -> Iterator[Box]:
     """The boxes from ``start`` to ``end``, in order. Every header is read as it is
     reached (a walk that stops early reads nothing further); a box that does not fit
-    is yielded with its ``problem`` and ends the walk."""
-    offset = start
+    is yielded with its ``problem`` and ends the walk, and so is a box past
+    ``max_boxes`` (``too_many``)."""
+    offset, seen = start, 0
     while offset < end:
+        if seen >= max_boxes:
+            yield Box(b"", offset, offset, end, "too_many")
+            return
+        seen += 1
         head = read_at(offset, min(16, end - offset))
         if len(head) < 8:
             yield Box(b"", offset, offset, end, "cut")
@@ -136,6 +151,8 @@ def mp4_damage(read_at: ReadAt, size: int) -> tuple[str, str] | None:
             return "truncated", f"MP4 box header cut at byte {box.start}"
         if box.problem == "corrupt":
             return "unreadable", f"corrupt MP4 box at byte {box.start}"
+        if box.problem == "too_many":
+            return "unreadable", f"more than {MAX_BOXES} MP4 boxes at the top level"
         if box.problem == "overrun":
             return "truncated", (
                 f"MP4 box {box.kind.decode('latin-1')!r} at byte {box.start} declares "

@@ -20,11 +20,10 @@ from typing import Any
 
 import av
 
+from frameexit.video.errors import Cancelled
 from frameexit.video.frame_table import FrameTable
 
-
-class Cancelled(Exception):
-    """Raised inside a decode loop when the watchdog has given up on this video."""
+__all__ = ["Cancelled", "DecodeSession", "NeedScan"]
 
 
 class NeedScan(Exception):

@@ -20,6 +20,11 @@ from frameexit.video.containers import CONTAINER_NAMES, sniff, structural_damage
 STAGES = ("fetch", "open", "decode", "other")
 
 
+class Cancelled(Exception):
+    """Raised by a read or a decode loop when the watchdog has given up on this video
+    (its time budget ran out): the work stops at the next byte read or packet."""
+
+
 def classify_failure(
     uri: str, exc: BaseException, *, stage: str = "other", source: Any = None
 ) -> VideoDecodeError:
@@ -39,6 +44,8 @@ def classify_failure(
     """
     if isinstance(exc, VideoDecodeError):
         return exc
+    if isinstance(exc, Cancelled):
+        return VideoDecodeError(uri, "timeout", "cancelled: the time budget ran out")
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if stage == "open":

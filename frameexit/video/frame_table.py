@@ -202,11 +202,13 @@ def scan_table(
     fps: float,
     source: Any,
     check_cancel: Callable[[], None],
+    max_frames: int | None = None,
 ) -> FrameTable:
     """Demux every packet of ``stream`` (no decoding) into a table. For a damaged or cut
     file: what was readable, a last packet cut short dropped, frames shown after a
     missing one hidden (so frame ``i`` is still the video's ``i``-th frame), and
-    ``num_frames`` from what the header declares."""
+    ``num_frames`` from what the header declares. More than ``max_frames`` packets
+    (``data.decode.max_frames``) fail as ``too_large`` (the table would be too)."""
     columns: tuple[list, ...] = ([], [], [], [], [], [])
     pos, dts, pts, key, size, discard = columns
     error, last_corrupt = None, False
@@ -215,6 +217,12 @@ def scan_table(
             check_cancel()
             if packet.size == 0:
                 continue
+            if max_frames is not None and len(pos) >= max_frames:
+                raise VideoDecodeError(
+                    uri,
+                    "too_large",
+                    f"more than {max_frames} packets, over data.decode.max_frames = {max_frames}",
+                )
             pos.append(packet.pos if packet.pos is not None else -1)
             dts.append(packet.dts)
             pts.append(packet.pts)

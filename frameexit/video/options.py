@@ -25,6 +25,18 @@ BACKENDS = ("auto", "pyav", "decord")
 FETCH_MODES = ("auto", "whole", "ranges")
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_RANGE_MIN_BYTES = 256 * 1024
+# What a video may declare before FFmpeg builds its index (``frameexit.video.limits``).
+# Frames: over 9 h at 30 fps; FFmpeg's index and the frame table cost ~0.4 KB a frame,
+# so a header that declares 20 M samples in 1 KB would take GBs. Pixels: DCI 8K
+# (8192×4320) and everything smaller (UHD 8K, 4K, 1080p); 8192×8192 is refused, and a
+# run that never needs 8K can lower it (4096×2160 = 8,847,360 refuses a 4096×4096 clip).
+# Duration: one day.
+DEFAULT_MAX_FRAMES = 1_000_000
+DEFAULT_MAX_PIXELS = 8192 * 4320
+DEFAULT_MAX_DURATION_S = 86_400.0
+# Decoder memory one video may keep between reads (its open sessions' reference frames):
+# 1080p keeps its sessions for the next step; larger frames release them after each read.
+DEFAULT_IDLE_DECODER_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,14 @@ class DecodeOptions:
     ``whole``, by byte ``ranges``, or ``auto`` (ranges from ``range_min_bytes`` up).
     ``timeout_s``: total time for opening and every read of one video (None: no bound).
     ``max_bytes``: a larger video fails as ``too_large`` without being read (None: no
-    limit). ``threads``: FFmpeg decode threads. ``block_size``: bytes per ranged read
+    limit). ``max_frames`` / ``max_pixels`` (width × height) / ``max_duration_s``: a
+    video whose header declares more samples, larger frames or a longer duration fails as
+    ``too_large`` before FFmpeg indexes it (MP4/MOV: read from the ``moov`` box; other
+    containers: from the header FFmpeg read, before any frame table or decode; None: no
+    limit); a decoded frame larger than ``max_pixels`` fails the same way.
+    ``idle_decoder_bytes``: decoder memory (reference frames of its open sessions) a video
+    may keep between reads; a video whose sessions need more closes them after each read
+    and reopens at the next (None: always kept). ``threads``: FFmpeg decode threads. ``block_size``: bytes per ranged read
     (None: the source's default).
     """
 
@@ -46,6 +65,10 @@ class DecodeOptions:
     timeout_s: float | None = setting(DEFAULT_TIMEOUT_S, resumable=True)
     range_min_bytes: int = setting(DEFAULT_RANGE_MIN_BYTES, resumable=True)
     max_bytes: int | None = setting(None)
+    max_frames: int | None = setting(DEFAULT_MAX_FRAMES)
+    max_pixels: int | None = setting(DEFAULT_MAX_PIXELS)
+    max_duration_s: float | None = setting(DEFAULT_MAX_DURATION_S)
+    idle_decoder_bytes: int | None = setting(DEFAULT_IDLE_DECODER_BYTES, resumable=True)
     threads: int = setting(1, resumable=True)
     block_size: int | None = setting(None, resumable=True)
 
@@ -63,9 +86,11 @@ class DecodeOptions:
             number(prefix, "timeout_s", self.timeout_s, minimum=0, open_low=True)
         positive(prefix, "range_min_bytes", self.range_min_bytes)
         positive(prefix, "threads", self.threads)
-        for name in ("max_bytes", "block_size"):  # None: no limit / the source's default
-            if getattr(self, name) is not None:
+        for name in ("max_bytes", "max_frames", "max_pixels", "idle_decoder_bytes", "block_size"):
+            if getattr(self, name) is not None:  # None: no limit / the source's default
                 positive(prefix, name, getattr(self, name))
+        if self.max_duration_s is not None:
+            number(prefix, "max_duration_s", self.max_duration_s, minimum=0, open_low=True)
 
     @property
     def source_fetch(self) -> str:

@@ -25,6 +25,15 @@ step there goes on from it instead of decoding again from the keyframe. On the w
 frame, packets of frames that nobody asked for are fed with ``skip_frame=NONREF``: the
 decoder drops non-reference pictures (most B-frames) without decoding them, which
 changes no other picture.
+
+Memory: with ``limits`` (``DecodeOptions``) the sizes FFmpeg read from the header are
+checked before any frame table is built (``limits.check_declared``), a scan stops past
+``max_frames`` packets, and every decoded frame over ``max_pixels`` fails the video as
+``too_large``. ``frame_fn`` (``VideoReader.transform_frames``) turns each frame into what
+the caller needs (the model's input size) as soon as it is decoded, so planned frames are
+kept at that size, not at the source's. A video whose sessions would hold more than
+``limits.idle_decoder_bytes`` between reads (4K and up) parks none and closes its session
+after every ``get``: between steps it holds its table and kept frames only.
 """
 
 from __future__ import annotations
@@ -44,12 +53,15 @@ from frameexit.errors import VideoDecodeError
 from frameexit.video.containers import PTS_FORMATS, is_not_video
 from frameexit.video.decode_session import Cancelled, DecodeSession, NeedScan
 from frameexit.video.frame_table import FrameTable, index_table, scan_table
+from frameexit.video.limits import check_declared, check_frame, session_bytes, stream_declared
+from frameexit.video.options import DecodeOptions
 
 _MAX_REORDER = 4  # B-frames in a row assumed at most, where pts cannot say
 _PTS_CHECK_FRAMES = 16
 # Decoder sessions kept parked besides the active one, and the decoding a parked session
 # must save (frames from its keyframe) to be worth the container it holds open.
 _MAX_PARKED = 2
+MAX_SESSIONS = 1 + _MAX_PARKED  # sessions one video may hold: the active one, the parked
 _PARK_MIN_FRAMES = 8
 
 
@@ -58,16 +70,24 @@ class NeedOrdinal(Exception):
 
 
 class _LocalBytes:
-    """``size`` / ``read_at`` of a local path, for decoders built without a ``Source``."""
+    """``size`` / ``read_at`` of a local path, for decoders built without a ``Source``
+    (one buffered handle, opened on the first read)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.size = os.path.getsize(path)
+        self._file: Any = None
 
     def read_at(self, offset: int, n: int) -> bytes:
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            return f.read(n)
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        self._file.seek(offset)
+        return self._file.read(n)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class PyAVDecoder:
@@ -87,6 +107,7 @@ class PyAVDecoder:
         threads: int = 1,
         cancel: threading.Event | None = None,
         source: Any = None,
+        limits: DecodeOptions | None = None,
     ) -> None:
         if mode not in ("auto", "scan", "index"):
             raise ValueError(f"mode must be 'auto', 'scan' or 'index', got {mode!r}")
@@ -101,12 +122,21 @@ class PyAVDecoder:
         self._plan: collections.Counter = collections.Counter()
         self._kept: dict[int, np.ndarray] = {}
         self._wanted: dict[int, int] = {}
+        self._limits = limits
+        self.frame_fn: Callable[[np.ndarray], np.ndarray] | None = None
+        self._own_bytes: _LocalBytes | None = None
         self._open_container()
         if source is None:
             first = opener()
-            source = _LocalBytes(first) if isinstance(first, str) else None
+            source = self._own_bytes = _LocalBytes(first) if isinstance(first, str) else None
         self._source = source
         vs = self._s.stream
+        if limits is not None:  # before any table is built or frame decoded
+            try:
+                check_declared(uri, stream_declared(self._s.container, vs), limits)
+            except VideoDecodeError:
+                self.close()
+                raise
         self.format_name: str = self._s.container.format.name
         self.codec_name: str = vs.codec_context.name
         self.width: int = vs.codec_context.width
@@ -115,8 +145,12 @@ class PyAVDecoder:
         self.fps: float = float(rate) if rate else 0.0
         self.declared_frames: int = int(vs.frames or 0)
         self.index_skipped: str | None = None  # why index mode was not used, if asked
+        budget = limits.idle_decoder_bytes if limits is not None else None
+        held = MAX_SESSIONS * session_bytes(self.width, self.height, threads)
+        self.holds_sessions = budget is None or held <= budget
         if mode == "scan" or not self._load_index():
             self._scan(reopen=False)
+        self._idle()
 
     # ------------------------------------------------------------------ opening, tables
 
@@ -190,6 +224,7 @@ class PyAVDecoder:
             fps=self.fps,
             source=self._source,
             check_cancel=self._check_cancel,
+            max_frames=self._limits.max_frames if self._limits is not None else None,
         )
         self._kept.clear()  # identified with a table that turned out not to be exact
         self._set_table(table)
@@ -236,7 +271,7 @@ class PyAVDecoder:
 
     @property
     def _session_start(self) -> int | None:
-        return self._s.start
+        return self._s.start if self._s is not None else None
 
     def _key_for(self, target_pts: int) -> int:
         return self._table.key_for(target_pts)
@@ -257,6 +292,9 @@ class PyAVDecoder:
         while not s.pending:
             frames = self._feed()
             self.frames_decoded += len(frames)
+            if self._limits is not None:
+                for frame in frames:
+                    check_frame(self.uri, frame.width, frame.height, self._limits)
             s.pending.extend(frames)
             if s.eof and not frames:
                 return None
@@ -332,9 +370,22 @@ class PyAVDecoder:
         out = {i: self._kept[i] for i in set(indices) if i in self._kept}
         todo = sorted(set(indices) - set(out))
         if todo:
-            out.update(self._decode_all(todo))
+            if self._s is None:
+                self._open_container()  # released after the last read (_idle)
+            try:
+                out.update(self._decode_all(todo))
+            finally:
+                self._idle()
         self._served(indices, out)
         return out
+
+    def _idle(self) -> None:
+        """Between reads: a video whose sessions are too large to keep
+        (``holds_sessions`` False) closes them; the next ``get`` reopens the container."""
+        if not self.holds_sessions and self._s is not None:
+            self._drop_parked()
+            self._s.close()
+            self._s = None
 
     def _decode_all(self, todo: list[int]) -> dict[int, np.ndarray]:
         if self.ordinal:
@@ -385,7 +436,7 @@ class PyAVDecoder:
         without a seek; before seeking away from a GOP where later steps still need
         frames, park the session there and seek with another container."""
         active, t = self._s, self._table
-        if active.can_continue(t, p, key) or not self._wanted:
+        if active.can_continue(t, p, key) or not self._wanted or not self.holds_sessions:
             return
         for k, session in enumerate(self._parked):
             if session.can_continue(t, p, key):
@@ -480,10 +531,21 @@ class PyAVDecoder:
         """RGB24 ``[H, W, 3]`` of a decoded frame (the same pixels as
         ``frame.to_ndarray(format="rgb24")``), through one reusable single-threaded
         converter: ``to_ndarray`` builds a new swscale context with its own thread pool for
-        every frame, which costs more than decoding a small frame."""
-        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        every frame, which costs more than decoding a small frame. With ``frame_fn``: that
+        function of it (the full-size array is dropped at once)."""
+        rgb = self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        return rgb if self.frame_fn is None else self.frame_fn(rgb)
+
+    def set_frame_fn(self, fn: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        """Apply ``fn`` to every frame from now on; frames kept earlier are dropped (they
+        were made without it)."""
+        self.frame_fn = fn
+        self._kept.clear()
+        self._rebuild_wanted()
 
     def close(self) -> None:
+        if self._own_bytes is not None:
+            self._own_bytes.close()
         self._kept.clear()
         self._drop_parked()
         if self._s is not None:

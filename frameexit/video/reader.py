@@ -37,8 +37,17 @@ README say why).
 Time bound: with ``timeout_s`` set, all work for a reader runs on one daemon thread and
 the caller waits at most ``timeout_s`` *in total* over ``open_video`` and every ``get``
 (time between calls, e.g. model compute, does not count). When it runs out the call
-raises ``VideoDecodeError(kind="timeout")``, the reader becomes unusable, the PyAV path
-stops at its next packet and a stuck native call is abandoned on its daemon thread.
+raises ``VideoDecodeError(kind="timeout")``, the reader becomes unusable, and the work
+stops: every byte read (``Source``, the container checks) and every packet demuxed checks
+the cancel flag and raises, so the thread ends at its next read; only a native call in
+progress (FFmpeg reading a local file it was given by path) runs to its own end first.
+
+Size bounds (``DecodeOptions.max_*``): ``max_bytes`` before any byte is fetched; before
+FFmpeg opens an MP4/MOV, the sample counts, frame size and duration its ``moov`` box
+declares (``limits``); for other containers what FFmpeg read from their header, before
+any frame table or decode; every decoded frame against ``max_pixels``. Beyond a bound:
+``VideoDecodeError(kind="too_large")``. ``transform_frames(fn)`` makes the decoder keep
+and return ``fn(frame)`` (e.g. the model's input size) instead of full-size frames.
 """
 
 from __future__ import annotations
@@ -54,8 +63,10 @@ from typing import Any
 import numpy as np
 
 from frameexit.errors import VideoDecodeError
+from frameexit.video.containers import sniff
 from frameexit.video.decord_backend import DecordDecoder
 from frameexit.video.errors import classify_failure
+from frameexit.video.limits import check_declared, mp4_declared
 from frameexit.video.options import (
     BACKENDS,
     DEFAULT_RANGE_MIN_BYTES,
@@ -194,7 +205,9 @@ class VideoReader:
             block_size=options.block_size,
             range_min_bytes=options.range_min_bytes,
             max_bytes=options.max_bytes,
+            cancel=self._watchdog.cancel,
         )
+        self._refuse_declared(src, options)
         threads = options.threads
         if options.backend == "decord":
             try:
@@ -209,6 +222,16 @@ class VideoReader:
                 ) from exc
         self._use(self._probe(src, threads), "pyav")
 
+    def _refuse_declared(self, src: Source, options: DecodeOptions) -> None:
+        """Refuse an MP4/MOV whose ``moov`` declares more than the limits allow before
+        FFmpeg opens it (FFmpeg allocates its index per declared sample at open)."""
+        if sniff(src.read_at) != "mp4":
+            return
+        declared = mp4_declared(src.read_at, src.size)
+        if declared.problem is not None:
+            raise VideoDecodeError(self.uri, "unreadable", declared.problem)
+        check_declared(self.uri, declared, options)
+
     def _probe(self, src: Source, threads: int) -> PyAVDecoder:
         try:
             return PyAVDecoder(
@@ -217,6 +240,7 @@ class VideoReader:
                 threads=threads,
                 cancel=self._watchdog.cancel,
                 source=src,
+                limits=self.options,
             )
         except (VideoDecodeError, Cancelled):
             raise
@@ -229,6 +253,7 @@ class VideoReader:
         self.num_frames: int = decoder.num_frames
         self.fps: float = decoder.fps
         self._decodable: int = getattr(decoder, "decodable", decoder.num_frames)
+        self._frame_fn: Callable[[np.ndarray], np.ndarray] | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -257,9 +282,22 @@ class VideoReader:
             )
         return out
 
+    def transform_frames(self, fn: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        """From now on every decoded frame (uint8 ``[H, W, 3]``) becomes ``fn(frame)`` as
+        soon as it is decoded: ``get`` returns those, and planned frames are kept as
+        those (e.g. at the model's input size, not the source's). Call it before
+        ``plan``; None: full frames again."""
+        self._frame_fn = fn
+        set_fn = getattr(self._decoder, "set_frame_fn", None)
+        if set_fn is not None and not self._watchdog.timed_out:
+            set_fn(fn)
+
     def _decode(self, indices: list[int]) -> dict[int, np.ndarray]:
         try:
-            return self._decoder.get(indices)
+            frames = self._decoder.get(indices)
+            if self._frame_fn is not None and not hasattr(self._decoder, "set_frame_fn"):
+                frames = {i: self._frame_fn(f) for i, f in frames.items()}  # decord
+            return frames
         except (VideoDecodeError, Cancelled):
             raise
         except Exception as exc:  # noqa: BLE001 - decord/av/storage errors become typed
