@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -261,7 +262,8 @@ def test_hvu(files: Path) -> None:
 
 def test_plain_csv(files: Path) -> None:
     path = only(files, "plain.csv")
-    load = load_manifest(str(path))
+    elsewhere = ["/data/videos", "s3://bucket/videos"]
+    load = load_manifest(str(path), allowed_prefixes=[str(path.parent), *elsewhere])
     assert load.fmt == "csv"
     table = load.table
     assert table["video"].tolist() == [
@@ -280,17 +282,60 @@ def test_plain_csv(files: Path) -> None:
         7: "end 2 <= start 5",
         8: "unparsable start 'oops'",
     }
-    rooted = load_manifest(str(path), video_root="s3://b/root/")
+    rooted = load_manifest(str(path), video_root="s3://b/root/", allowed_prefixes=["s3://b/root"])
     assert rooted.table["video"][0] == "s3://b/root/clips/a.mp4"
+    # by default only the manifest's own folder: the rows pointing elsewhere are bad rows
+    default = load_manifest(str(path))
+    assert default.table["video"].tolist() == [
+        str(path.parent / "clips" / f"{n}.mp4") for n in "ab"
+    ]
+    assert reasons(default)[4].startswith("outside data.allowed_prefixes (default: ")
+    assert reasons(default)[4].endswith(": /data/videos/c.mp4")
 
 
 def test_label_less_manifest_for_labeling(files: Path) -> None:
     path = only(files, "labeling.csv")
-    load = load_manifest(str(path))
+    load = load_manifest(str(path), allowed_prefixes=[str(path.parent), "s3://bucket/unlabeled"])
     assert load.bad_rows.empty and load.class_names == []
     assert load.table["labels"].tolist() == [[], [], []]
     assert set(load.table["split"]) == {"unassigned"}
     assert not (path.parent / "classes.json").exists()  # nothing to map
+
+
+def test_an_oversized_csv_field_fails_its_row_not_the_manifest(tmp_path: Path) -> None:
+    """Python's csv stops at 131,072 characters a field: that row is bad, the rest read,
+    even when the field is quoted over several lines that look like rows themselves."""
+    big = "x" * 200_000
+    quoted = '"' + 'he said ""hi""\nz.mp4,looks like a row\n' + "y" * 140_000 + '"'
+    lines = [
+        "video,note",
+        "a.mp4,first",  # line 2
+        f"b.mp4,{big}",  # line 3: unquoted
+        f"c.mp4,{quoted}",  # lines 4-6: quoted, over three lines
+        "d.mp4,after",  # line 7
+        f"e.mp4,{'w' * 2_000_000}",  # line 8: far over the limit
+        '"f.mp4","last, quoted"',  # line 9
+    ]
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(lines) + "\n")
+    load = load_manifest(str(path))
+    assert [Path(v).name for v in load.table["video"]] == ["a.mp4", "d.mp4", "f.mp4"]
+    assert load.table["note"].tolist() == ["first", "after", "last, quoted"]
+    assert reasons(load) == {n: "field too long (over 131072 characters)" for n in (3, 4, 8)}
+    assert load.bad_rows["raw"].str.len().max() <= 500
+    assert load.bad_rows["raw"][1].startswith('c.mp4,"he said')
+    # the same as the last row of a file without a final newline, and in a Kinetics CSV
+    path.write_text("\n".join(lines[:3]))
+    assert reasons(load_manifest(str(path))) == {3: "field too long (over 131072 characters)"}
+    kinetics = tmp_path / "kinetics_train.csv"
+    kinetics.write_text(f"label,youtube_id,time_start,time_end\ncat,{big},1,2\ncat,abc,1,2\n")
+    load = load_manifest(str(kinetics), video_root="/v", allowed_prefixes=["/v"])
+    assert len(load.table) == 1 and reasons(load) == {2: "field too long (over 131072 characters)"}
+    previous = csv.field_size_limit(10**9)  # another library raised the process-wide limit
+    try:
+        assert reasons(load_manifest(str(kinetics), video_root="/v", allowed_prefixes=["/v"]))
+    finally:
+        csv.field_size_limit(previous)
 
 
 def test_plain_parquet(tmp_path: Path) -> None:
@@ -318,7 +363,7 @@ def test_plain_parquet(tmp_path: Path) -> None:
 def test_parquet_with_label_ids_only_needs_a_class_map(tmp_path: Path) -> None:
     path = tmp_path / "ids.parquet"
     pd.DataFrame({"video": ["/a.mp4", "/b.mp4"], "label_ids": [[1], [5]]}).to_parquet(path)
-    load = load_manifest(str(path), class_names=["p", "q"])
+    load = load_manifest(str(path), class_names=["p", "q"], allowed_prefixes=["/"])
     assert load.table["labels"].tolist() == [["q"]]
     assert reasons(load) == {2: "label_ids [5] not in class map"}
 

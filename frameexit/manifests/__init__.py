@@ -22,6 +22,11 @@ class map, a duplicate video in the same split, ...) are reported with their lin
 reason and never stop the rest; a file that cannot be parsed at all raises
 ``ManifestError`` naming its URI. ``line`` is the 1-based text line for CSV (header =
 line 1), the line of the video's key for JSON, and the 1-based row number for Parquet.
+A CSV field over 131,072 characters fails its row only. A row whose video lies outside
+the allowed prefixes (``data.allowed_prefixes``; default: the manifest's bucket or
+folder tree, the video root, the synthetic default corpus), climbs above the video root
+with ``..``, or is plain http(s) / a metadata host, is a bad row too, before anything
+opens it (``frameexit.confinement``).
 
 Class map: a list of class names whose positions are the label ids. It is taken from
 ``class_names`` when given, else from ``classes.json`` beside the manifest when present,

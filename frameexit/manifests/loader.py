@@ -18,7 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from frameexit.errors import ManifestError
+from frameexit.confinement import Confinement
+from frameexit.errors import ConfigError, ManifestError
 from frameexit.manifests.activitynet import ACTIVITYNET_PATTERN, read_activitynet
 from frameexit.manifests.classmap import (
     assign_label_ids,
@@ -123,6 +124,8 @@ def load_manifest(
     strict: bool = False,
     duplicates: str = "report",
     storage_options: dict[str, Any] | None = None,
+    allowed_prefixes: Sequence[str] | None = None,
+    allow_http: bool = False,
 ) -> ManifestLoad:
     """Read any supported manifest into the canonical table.
 
@@ -144,10 +147,17 @@ def load_manifest(
             its own row (labeling: every entry gets one output row). Different segments
             of one video are never duplicates.
         storage_options: fsspec options (e.g. S3 endpoint and keys).
+        allowed_prefixes: where rows may point (``data.allowed_prefixes``); empty or None
+            = the default: the manifest's bucket (remote) or directory tree (local), the
+            video root and the synthetic default corpus (``frameexit.confinement``). A
+            row outside is a bad row with the reason; it is never opened.
+        allow_http: ``data.allow_http``: accept plain ``http(s)://`` videos (link-local
+            and cloud metadata hosts stay refused).
 
     Raises:
         ManifestError: the file is missing or cannot be parsed at all (names the URI).
     """
+    confinement = _confinement(uri, video_root, allowed_prefixes, allow_http)
     payload = read_manifest_bytes(uri, storage_options)
     if not payload.strip():
         raise ManifestError(uri, "empty manifest")
@@ -169,7 +179,7 @@ def load_manifest(
     bad: list[dict[str, Any]] = []
     if duplicates not in ("report", "keep"):
         raise ValueError(f"duplicates must be 'report' or 'keep', got {duplicates!r}")
-    rows = READERS[fmt](source, bad)
+    rows = _confine(READERS[fmt](source, bad), confinement, bad)
     if duplicates == "report":
         rows = _drop_duplicates(rows, bad)
     names, map_uri, built = resolve_class_map(uri, rows, class_names, storage_options)
@@ -191,6 +201,33 @@ def load_manifest(
         fmt=fmt,
         class_map_uri=map_uri,
     )
+
+
+def _confinement(
+    uri: str, video_root: str | None, allowed_prefixes: Sequence[str] | None, allow_http: bool
+) -> Confinement:
+    """The confinement of this manifest's rows (a bad allowed prefix names its field)."""
+    if not isinstance(allow_http, bool):
+        raise ConfigError("data.allow_http", f"must be true or false, got {allow_http!r}")
+    try:
+        return Confinement.for_manifest(
+            uri, video_root=video_root, allowed_prefixes=allowed_prefixes, allow_http=allow_http
+        )
+    except ValueError as error:
+        raise ConfigError("data.allowed_prefixes", str(error)) from None
+
+
+def _confine(rows: list[Row], confinement: Confinement, bad: list[dict[str, Any]]) -> list[Row]:
+    """The rows whose video may be opened; every other row becomes a bad row with the
+    reason (before anything opens it, so no status can tell what exists out there)."""
+    kept: list[Row] = []
+    for row in rows:
+        why = confinement.refusal(row.video)
+        if why:
+            bad.append(bad_record(row.line, why, row.raw))
+        else:
+            kept.append(row)
+    return kept
 
 
 def _drop_duplicates(rows: list[Row], bad: list[dict[str, Any]]) -> list[Row]:

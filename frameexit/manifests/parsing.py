@@ -36,6 +36,8 @@ SPLIT_ALIASES = {
     "test": "test",
 }
 RAW_LIMIT = 500  # characters of a bad row's raw text that are kept
+# longest CSV field read (Python's csv default): a longer one fails its row, not the file
+FIELD_LIMIT = 131_072
 
 
 class BadRow(Exception):
@@ -157,12 +159,18 @@ def bad_record(line: int | None, reason: str, raw: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- CSV
 
 
-def csv_records(uri: str, text: str) -> tuple[list[str], Iterable[tuple[int, list[str], str]]]:
+def csv_records(
+    uri: str, text: str
+) -> tuple[list[str], Iterable[tuple[int, list[str] | None, str]]]:
     """Header (stripped) and ``(first line number, fields, raw text)`` per non-blank record.
 
-    Handles BOM (already stripped by decoding), ``\\r\\n`` newlines and quoted fields."""
-    lines = text.splitlines()
-    reader = csv.reader(io.StringIO(text, newline=""))
+    Handles BOM (already stripped by decoding), ``\\r\\n`` newlines and quoted fields. A
+    record with a field over :data:`FIELD_LIMIT` characters comes with ``fields`` None:
+    the csv module stops at its own limit (so such a field is never held whole), and
+    reading goes on at the record's end as the CSV grammar finds it."""
+    lines = io.StringIO(text, newline="").readlines()
+    feed = _Lines(lines)
+    reader = csv.reader(feed)
     try:
         header = next(reader)
     except StopIteration:
@@ -173,23 +181,91 @@ def csv_records(uri: str, text: str) -> tuple[list[str], Iterable[tuple[int, lis
     if not any(header):
         raise ManifestError(uri, "empty CSV header", line=1)
 
-    def records() -> Iterable[tuple[int, list[str], str]]:
-        previous = reader.line_num
+    def records() -> Iterable[tuple[int, list[str] | None, str]]:
         while True:
-            start = previous + 1
+            start = feed.position
             try:
-                fields = next(reader)
+                fields: list[str] | None = next(reader)
             except StopIteration:
                 return
             except csv.Error as error:
-                raise ManifestError(uri, f"unparsable CSV ({error})", line=start) from error
-            previous = reader.line_num
-            if not fields or all(not f.strip() for f in fields):
+                if "field limit" not in str(error):
+                    raise ManifestError(uri, f"unparsable CSV ({error})", line=start + 1) from error
+                feed.position = _record_end(lines, start) + 1
+                fields = None
+            if fields is not None and any(len(f) > FIELD_LIMIT for f in fields):
+                fields = None  # the csv module's limit was raised elsewhere in the process
+            if fields is not None and (not fields or all(not f.strip() for f in fields)):
                 continue
-            raw = "\n".join(lines[start - 1 : previous]) if lines else ",".join(fields)
-            yield start, [f.strip() for f in fields], raw
+            raw = _raw_text(lines, start, feed.position)
+            yield start + 1, None if fields is None else [f.strip() for f in fields], raw
 
     return header, records()
+
+
+class _Lines:
+    """The lines the csv reader reads, with the position of the next one (settable, so a
+    record the reader gave up on can be skipped to its end)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.position = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.position >= len(self.lines):
+            raise StopIteration
+        self.position += 1
+        return self.lines[self.position - 1]
+
+
+_UNQUOTED_END = re.compile(r"[,\r\n]")
+
+
+def _record_end(lines: list[str], start: int) -> int:
+    """Index of the last line of the CSV record starting at line index ``start`` (the
+    default dialect's grammar: a quote opens a field only at its start, ``""`` is a
+    quote inside one, a newline ends the record outside quotes)."""
+    state = "start"  # start of a field | unquoted field | inside quotes
+    for index in range(start, len(lines)):
+        line, pos = lines[index], 0
+        while pos < len(line):
+            if state == "quoted":
+                close = line.find('"', pos)
+                if close < 0:
+                    break
+                if line.startswith('"', close + 1):
+                    pos = close + 2
+                    continue
+                state, pos = "field", close + 1
+            elif state == "start" and line[pos] == '"':
+                state, pos = "quoted", pos + 1
+            else:
+                end = _UNQUOTED_END.search(line, pos)
+                if end is None:
+                    state, pos = "field", len(line)
+                elif end.group() == ",":
+                    state, pos = "start", end.end()
+                else:
+                    return index
+        if state != "quoted" and index == len(lines) - 1:
+            return index
+    return len(lines) - 1
+
+
+def _raw_text(lines: list[str], start: int, stop: int) -> str:
+    """The text of lines ``[start, stop)`` without their line ends, at most a little over
+    ``RAW_LIMIT`` characters (an oversized record is not copied whole)."""
+    out: list[str] = []
+    size = 0
+    for line in lines[start:stop]:
+        out.append(line.rstrip("\r\n")[: RAW_LIMIT + 1])
+        size += len(out[-1])
+        if size > RAW_LIMIT:
+            break
+    return "\n".join(out)
 
 
 def csv_rows(
@@ -211,6 +287,9 @@ def csv_rows(
         raise ManifestError(uri, f"missing column(s) {missing} in header {header}", line=1)
     rows: list[T] = []
     for line, fields, raw in records:
+        if fields is None:
+            bad.append(bad_record(line, f"field too long (over {FIELD_LIMIT} characters)", raw))
+            continue
         if len(fields) != len(header):
             bad.append(bad_record(line, f"expected {len(header)} fields, got {len(fields)}", raw))
             continue
@@ -253,7 +332,13 @@ def pattern_fields(pattern: str) -> set[str]:
 
 
 def format_uri(pattern: str, fields: dict[str, Any]) -> str:
-    """Build a video URI from ``pattern``; a pattern that does not fit is a ``BadRow``."""
+    """Build a video URI from ``pattern``; a pattern that does not fit, or a manifest
+    value with a ``..`` path segment (an id that would climb out of the video root), is a
+    ``BadRow``."""
+    for name in pattern_fields(pattern) - {"root"}:
+        value = fields.get(name)
+        if isinstance(value, str) and ".." in re.split(r"[/\\]", value):
+            raise BadRow(f"{name} {value!r} climbs out of the video root (a '..' segment)")
     try:
         return pattern.format(**fields)
     except (KeyError, IndexError) as error:

@@ -13,6 +13,7 @@ import os
 import posixpath
 from typing import Any
 
+from frameexit.confinement import Refused, join_under
 from frameexit.manifests.parsing import (
     BadRow,
     Source,
@@ -25,7 +26,6 @@ from frameexit.manifests.parsing import (
     split_tags,
 )
 from frameexit.manifests.schema import CORE_COLUMNS, Row, read_parquet_table
-from frameexit.storage import join_uri
 
 _NOT_EXTRAS = CORE_COLUMNS + ("label",)
 
@@ -103,7 +103,11 @@ def _plain_row(
 
 
 def _resolve_video(value: str, root: str) -> str:
-    """A relative local path is joined to ``root``; an absolute path or URI is kept."""
+    """A relative path is joined under ``root`` (never above it: ``..`` that climbs out
+    is a ``BadRow``); an absolute path or URI is kept (the loader's confinement judges it)."""
     if "://" in value or posixpath.isabs(value) or os.path.isabs(value):
         return value
-    return join_uri(root, value)
+    try:
+        return join_under(root, value)
+    except Refused as error:
+        raise BadRow(str(error)) from None

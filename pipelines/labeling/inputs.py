@@ -73,6 +73,8 @@ def read_inputs(
     storage_options: Mapping[str, Any] | None = None,
     suffixes: Sequence[str] | None = None,
     exclude_prefix: str | None = None,
+    allowed_prefixes: Sequence[str] | None = None,
+    allow_http: bool = False,
 ) -> LabelInputs:
     """Turn ``--input`` into input rows.
 
@@ -81,6 +83,10 @@ def read_inputs(
     anything else is a manifest for :func:`frameexit.manifests.load_manifest`, whose bad
     rows become ``bad_manifest_row`` output rows so that every input yields one row.
     Video URIs are normalised (``absolute_uri``), so one file has one identity.
+    A manifest row pointing outside ``allowed_prefixes`` (``data.allowed_prefixes``;
+    empty: the manifest's bucket or folder tree, see ``frameexit.confinement``), or to
+    plain http(s) without ``allow_http``, is a ``bad_manifest_row`` with the reason and is
+    never opened. A listing needs no such check: it holds only what is under the prefix.
     """
     from frameexit.manifests import load_manifest
 
@@ -95,7 +101,12 @@ def read_inputs(
         return LabelInputs(_video_table(files, nan, nan), rows_to_table([]), "listing")
 
     loaded = load_manifest(
-        uri, storage_options=options or None, save_class_map=False, duplicates="keep"
+        uri,
+        storage_options=options or None,
+        save_class_map=False,
+        duplicates="keep",
+        allowed_prefixes=allowed_prefixes,
+        allow_http=allow_http,
     )
     table = loaded.table
     n = len(table)
