@@ -12,12 +12,23 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from frameexit.config import config_from_dict
+from frameexit.errors import ConfigError
 from frameexit.manifests import load_manifest, read_class_names
-from frameexit.manifests.prepare import folder_corpus, parse_input, prepare_manifest
+from frameexit.manifests.prepare import (
+    folder_corpus,
+    parse_input,
+    prepare_manifest,
+    prepare_options,
+    split_overrides,
+)
+from frameexit.manifests.prepare import main as prepare_main
 from frameexit.testing.clips import write_clip
+from pipelines.common import run_command
 
 DATA = Path(__file__).parent / "data" / "manifests"
 
@@ -50,7 +61,9 @@ def _decodes(manifest: str, split: str) -> int:
 
 
 def test_kinetics_csvs_one_per_split_share_one_class_map(tmp_path):
-    videos = tmp_path / "videos"
+    # the videos in the prepared manifest's folder tree: training reads it with the
+    # default data.allowed_prefixes (videos elsewhere need the prefix listed)
+    videos = tmp_path / "prepared" / "videos"
     inputs = [f"{split}={DATA / f'kinetics400_{split}.csv'}" for split in ("train", "val", "test")]
     tables = {s: load_manifest(str(DATA / f"kinetics400_{s}.csv"), save_class_map=False,
                                video_root=str(videos)).table for s in ("train", "val", "test")}  # fmt: skip
@@ -80,13 +93,13 @@ def test_activitynet_json_video_level_and_segment_level(tmp_path):
     source = load_manifest(str(DATA / "activitynet_v1-3.json"), save_class_map=False,
                            video_root=str(tmp_path / "v"))  # fmt: skip
     _clips(source.table["video"])
-    video_level = str(tmp_path / "video" / "manifest.parquet")
+    video_level = str(tmp_path / "video-level.parquet")  # the videos in its folder tree
     report = prepare_manifest([str(DATA / "activitynet_v1-3.json")], video_level,
                               video_root=str(tmp_path / "v"))  # fmt: skip
     videos = pd.read_parquet(video_level)
     assert len(videos) == len(source.table) and videos["video"].is_unique
     assert set(report.rows_per_split) <= {"train", "val", "test"}
-    segment_level = str(tmp_path / "segment" / "manifest.parquet")
+    segment_level = str(tmp_path / "segment-level.parquet")
     prepare_manifest([str(DATA / "activitynet_v1-3.json")], segment_level,
                      video_root=str(tmp_path / "v"), level="segment")  # fmt: skip
     segments = pd.read_parquet(segment_level)
@@ -140,3 +153,96 @@ def test_inputs_name_their_split():
     assert parse_input("val=s3://b/x.csv") == ("s3://b/x.csv", "val")
     assert parse_input("s3://b/x.csv") == ("s3://b/x.csv", None)
     assert parse_input("/data/train=1.csv") == ("/data/train=1.csv", None)
+
+
+def test_segment_level_rejects_bad_segments_row_by_row(tmp_path):
+    """Negative, inverted, null, NaN bounds and an unknown label: each a bad row with its
+    reason (they were written as they were, or failed the run with TypeError/KeyError)."""
+    _clips([tmp_path / "v" / "a.mp4", tmp_path / "v" / "b.mp4"])
+    segments = [
+        [{"label": "run", "start": 1.0, "end": 3.0},  # good
+         {"label": "run", "start": -2.0, "end": 1.0},  # negative
+         {"label": "jump", "start": 5.0, "end": 4.0},  # inverted
+         {"label": "jump", "start": 2.0, "end": 2.0}],  # empty
+        [{"label": "jump", "start": None, "end": 4.0},  # null start
+         {"label": "run", "start": float("nan"), "end": 4.0},  # NaN
+         {"label": "swim", "start": 0.0, "end": 1.0},  # unknown label
+         {"label": "jump", "start": 0.5, "end": 1.5}],  # good
+    ]  # fmt: skip
+    source = tmp_path / "annotations.parquet"
+    records = [
+        {"video": f"v/{name}.mp4", "labels": ["run", "jump"], "split": "train", "segments": s}
+        for name, s in zip("ab", segments, strict=True)
+    ]
+    pq.write_table(pa.Table.from_pylist(records), source)  # pyarrow keeps NaN (pandas: null)
+    out = tmp_path / "segments.parquet"
+    code = run_command(prepare_main, [str(source), "--output", str(out), "--level", "segment"])
+    assert code == 0
+    written = pd.read_parquet(out)
+    assert sorted(zip(written["start"], written["end"], strict=True)) == [(0.5, 1.5), (1.0, 3.0)]
+    bad = pd.read_parquet(tmp_path / "prepare_bad_rows.parquet")
+    assert len(bad) == 6 and set(bad["source"]) == {str(source)}
+    found = " | ".join(bad["reason"])
+    for reason in (
+        "segment 2 start -2.0 (must be a finite number >= 0)",
+        "segment 3: end 4 <= start 5",
+        "segment 4: end 2 <= start 2",
+        "missing segment 1 start",
+        "missing segment 2 start",  # NaN: no bound, as is_missing reads it
+        "segment 3: label 'swim' is not in the class map",
+    ):
+        assert reason in found, reason
+    assert json.loads((tmp_path / "prepare_report.json").read_text())["bad_rows"] == 6
+
+
+def test_prepare_options_parse_like_the_other_commands(tmp_path):
+    assert split_overrides(["train=a.csv", "data.storage_options.key=K", "b.csv", "val=s3://b/x.csv", "/d/a.b=1.csv",
+                            "data.allowed_prefixes=[s3://b/v]"]) == (
+        ["train=a.csv", "b.csv", "val=s3://b/x.csv", "/d/a.b=1.csv"],
+        ["data.storage_options.key=K", "data.allowed_prefixes=[s3://b/v]"],
+    )  # fmt: skip
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  storage_options: {key: K, secret: S}\n  allow_http: true\n")
+    options, allowed, http = prepare_options(str(config), ["data.storage_options.secret=T"],
+                                             '{"endpoint_url": "http://e"}')  # fmt: skip
+    assert options == {"key": "K", "secret": "T", "endpoint_url": "http://e"} and http
+    assert prepare_options(None, []) == ({}, [], False)
+    with pytest.raises(ConfigError, match="data.storage_options") as info:
+        prepare_options(None, [], '{"secret": "sup3r-s3cret",')
+    assert "sup3r" not in str(info.value)
+
+
+@pytest.mark.s3
+def test_prepare_takes_credentials_from_config_overrides_or_environment(
+    seaweedfs_s3, tmp_path, monkeypatch
+):
+    """Against a server that enforces credentials: --config, data.storage_options.*
+    overrides and the ambient environment all work, as for the other commands."""
+    import s3fs
+
+    bucket = seaweedfs_s3.create_bucket()
+    fs = seaweedfs_s3.filesystem()
+    _clips([tmp_path / "v" / "dog" / "a.mp4", tmp_path / "v" / "cat" / "b.mp4"])
+    fs.put(str(tmp_path / "v") + "/", f"{bucket[5:]}/corpus/", recursive=True)
+    server = seaweedfs_s3
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data:\n  storage_options:\n    key: {server.key}\n    secret: {server.secret}\n"
+        f"    endpoint_url: {server.endpoint_url}\n"
+    )
+    overrides = [f"data.storage_options.key={server.key}",
+                 f"data.storage_options.secret={server.secret}",
+                 f"data.storage_options.endpoint_url={server.endpoint_url}"]  # fmt: skip
+    for name, extra in (("config", ["--config", str(config)]), ("overrides", overrides)):
+        out = f"{bucket}/{name}/manifest.parquet"
+        assert run_command(prepare_main, [f"{bucket}/corpus", "--output", out, *extra]) == 0
+        assert fs.exists(f"{out[5:]}")
+    wrong = [*overrides[:1], "data.storage_options.secret=wrong-secret", overrides[2]]
+    out = f"{bucket}/wrong/manifest.parquet"
+    assert run_command(prepare_main, [f"{bucket}/corpus", "--output", out, *wrong]) != 0
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    out = f"{bucket}/env/manifest.parquet"
+    assert run_command(prepare_main, [f"{bucket}/corpus", "--output", out]) == 0
+    assert fs.exists(f"{out[5:]}")

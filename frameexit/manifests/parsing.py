@@ -13,7 +13,7 @@ import io
 import math
 import re
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -107,6 +107,28 @@ def parse_int(value: Any, name: str) -> int | None:
     if not number.is_integer():
         raise BadRow(f"invalid {name} {value!r} (must be an integer)")
     return int(number)
+
+
+def parse_segment(
+    segment: Any, number: int, classes: Mapping[str, int]
+) -> tuple[str, float, float]:
+    """``(label, start, end)`` of a ``{"label", "start", "end"}`` segment; a ``BadRow``
+    when a bound is missing, negative, not finite or not after the start, or the label is
+    not in ``classes``."""
+    if not isinstance(segment, Mapping):
+        raise BadRow(f"segment {number} is not an object: {segment!r}")
+    label = segment.get("label")
+    if not isinstance(label, str) or not label.strip():
+        raise BadRow(f"segment {number}: missing label")
+    label = label.strip()
+    if label not in classes:
+        raise BadRow(f"segment {number}: label {label!r} is not in the class map")
+    start = parse_float(segment.get("start"), f"segment {number} start", required=True)
+    end = parse_float(segment.get("end"), f"segment {number} end", required=True)
+    assert start is not None and end is not None
+    if end <= start:
+        raise BadRow(f"segment {number}: end {end:g} <= start {start:g}")
+    return label, start, end
 
 
 def split_tags(value: Any) -> list[str]:

@@ -32,10 +32,10 @@ from typing import Any
 
 import pandas as pd
 
-from frameexit.errors import ManifestError
+from frameexit.errors import ConfigError, ManifestError
 from frameexit.manifests.classmap import CLASS_MAP_NAME, write_class_names
 from frameexit.manifests.loader import load_manifest
-from frameexit.manifests.parsing import normalize_split
+from frameexit.manifests.parsing import BadRow, bad_record, normalize_split, parse_segment
 from frameexit.manifests.schema import write_manifest
 from frameexit.storage import (
     absolute_uri,
@@ -113,6 +113,8 @@ def prepare_manifest(
     level: str = "video",
     check_videos: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    allowed_prefixes: Sequence[str] | None = None,
+    allow_http: bool = False,
 ) -> PrepareReport:
     """Merge annotation files (and/or folder corpora: inputs that are directories) into
     one canonical manifest at ``output`` with ``classes.json`` beside it.
@@ -123,16 +125,21 @@ def prepare_manifest(
     segments become rows), for segment-level tasks.
     ``check_videos`` lists each video root once and reports annotation rows whose video
     is not there (they are left out of the manifest).
+    ``allowed_prefixes`` / ``allow_http``: where annotation rows may point
+    (``data.allowed_prefixes``, ``data.allow_http``; see ``frameexit.confinement``); a
+    row outside is a bad row, as is a segment with a missing, negative, non-finite or
+    inverted bound or a label outside the class map (``level="segment"``).
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     options = dict(storage_options or {})
+    confine = {"allowed_prefixes": allowed_prefixes, "allow_http": allow_http}
     sources = [parse_input(text) for text in inputs]
     frames, bads = [], []
     # pass 1: every label of every input, for one class map
     loaded = []
     for uri, split in sources:
-        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, class_names=None)
+        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, None, **confine)
         loaded.append((uri, split))
         frames.append(frame)
         bads.append(bad)
@@ -140,13 +147,14 @@ def prepare_manifest(
     # pass 2: label ids from the shared map
     frames, bads = [], []
     for uri, split in loaded:
-        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, class_names=names)
+        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, names, **confine)
         frames.append(frame.assign(source=uri))
         bads.append(bad.assign(source=uri))
     table = pd.concat(frames, ignore_index=True)
-    bad_rows = pd.concat(bads, ignore_index=True) if bads else pd.DataFrame()
     if level == "segment":
-        table = _explode_segments(table, names)
+        table, bad_segments = _explode_segments(table, names)
+        bads.append(bad_segments)
+    bad_rows = pd.concat(bads, ignore_index=True) if bads else pd.DataFrame()
     table, duplicates = _drop_duplicates(table)
     if level == "video":
         table = _merge_segments(table, names)
@@ -190,11 +198,14 @@ def _read(
     video_root: str | None,
     uri_pattern: str | None,
     options: dict[str, Any],
-    *,
     class_names: list[str] | None,
+    *,
+    allowed_prefixes: Sequence[str] | None,
+    allow_http: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One input as canonical rows (a folder corpus or an annotation file) and its bad
-    rows; ``class_names`` None: labels as found (pass 1)."""
+    rows; ``class_names`` None: labels as found (pass 1). A folder corpus is a listing of
+    the prefix the user named, so only annotation rows are confined."""
     from frameexit.storage import url_to_fs
 
     fs, path = url_to_fs(uri, options)
@@ -216,6 +227,8 @@ def _read(
         save_class_map=False,
         duplicates="keep",
         storage_options=options or None,
+        allowed_prefixes=allowed_prefixes,
+        allow_http=allow_http,
     )
     frame = loaded.table
     if split:
@@ -251,24 +264,36 @@ def _drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return table[mask].reset_index(drop=True), dropped
 
 
-def _explode_segments(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """Rows that list annotated ``segments`` (ActivityNet) become one row per segment."""
+def _explode_segments(table: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows that list annotated ``segments`` (ActivityNet) become one row per segment; a
+    segment that cannot be one (see ``parse_segment``) is a bad row of its own, and the
+    video's other segments stay."""
+    bad = pd.DataFrame(columns=["line", "reason", "raw", "source"])
     if "segments" not in table:
-        return table
+        return table, bad
     index = {name: i for i, name in enumerate(names)}
-    rows = []
+    rows, bads = [], []
     for row in table.to_dict("records"):
         segments = row.get("segments")
         if not isinstance(segments, list) or not segments:
             rows.append(row)
             continue
-        for segment in segments:
+        for number, segment in enumerate(segments, start=1):
+            try:
+                label, start, end = parse_segment(segment, number, index)
+            except BadRow as error:
+                raw = json.dumps({"video": row["video"], "segment": segment}, default=str)
+                bads.append({**bad_record(None, str(error), raw), "source": row.get("source")})
+                continue
             rows.append(
-                {**row, "labels": [segment["label"]], "label_ids": [index[segment["label"]]],
-                 "start": float(segment["start"]), "end": float(segment["end"]),
-                 "duration": float(segment["end"]) - float(segment["start"]), "segments": [segment]}
+                {**row, "labels": [label], "label_ids": [index[label]], "start": start,
+                 "end": end, "duration": end - start, "segments": [segment]}
             )  # fmt: skip
-    return pd.DataFrame(rows)
+    if bads:
+        log.warning("%d segment(s) left out (see prepare_bad_rows.parquet); first: %s",
+                    len(bads), bads[0]["reason"])  # fmt: skip
+        bad = pd.DataFrame(bads, columns=list(bad.columns))
+    return pd.DataFrame(rows, columns=table.columns), bad
 
 
 def _merge_segments(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -305,6 +330,42 @@ def _listed_videos(
     return present
 
 
+def split_overrides(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments → ``(inputs, config overrides)``: ``a.b=value`` (a dotted
+    key, ``data.storage_options.key=...``) is an override; ``split=uri`` and a plain URI
+    are inputs."""
+    overrides, inputs = [], []
+    for text in arguments:
+        head, sep, _ = text.partition("=")
+        dotted = sep and "." in head and not any(c in head for c in "/:\\")
+        (overrides if dotted else inputs).append(text)
+    return inputs, overrides
+
+
+def prepare_options(
+    config_file: str | None, overrides: Sequence[str], storage_json: str = "{}"
+) -> tuple[dict[str, Any], list[str], bool]:
+    """``(storage_options, allowed_prefixes, allow_http)`` from the same sources as the
+    other commands: ``--config`` YAML and ``data.*`` overrides (``data.storage_options``,
+    ``data.allowed_prefixes``, ``data.allow_http``), then the ``--storage-options`` JSON
+    (kept for compatibility) on top. Credentials that fsspec finds itself (environment,
+    ``~/.aws``, an instance role) need none of them."""
+    try:
+        flag = json.loads(storage_json)
+    except ValueError as error:  # the message quotes no part of the text (secrets)
+        raise ConfigError(
+            "data.storage_options", f"--storage-options is not JSON ({error.args[0]})"
+        ) from None
+    if not isinstance(flag, dict):
+        raise ConfigError("data.storage_options", "--storage-options must be a JSON object")
+    if not config_file and not overrides:  # the defaults, without importing the model zoo
+        return flag, [], False
+    from frameexit.config import load_config
+
+    data = load_config(config_file, overrides).data
+    return {**data.storage_options, **flag}, list(data.allowed_prefixes), bool(data.allow_http)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``frameexit prepare train=train.csv val=val.csv --output manifest.parquet ...``."""
     import argparse
@@ -314,12 +375,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description="Annotation files (ActivityNet JSON, Kinetics/Mini-Kinetics CSVs, HVU "
         "CSVs, plain CSV/Parquet) and/or a prefix whose folders are classes -> one "
         "canonical Parquet manifest with classes.json beside it.",
-        epilog="Each input is URI or split=URI (train=k400_train.csv). Rows whose video is "
-        "not under the video root are reported in prepare_missing_videos.parquet, bad rows "
-        "in prepare_bad_rows.parquet, both beside the manifest. Exit codes: 0 done, "
-        "2 bad arguments or an unreadable manifest, 3 runtime failure.",
+        epilog="Each input is URI or split=URI (train=k400_train.csv); data.KEY=VALUE "
+        "arguments are config overrides. Credentials and endpoint: the environment / "
+        "~/.aws / an instance role as fsspec finds them, or data.storage_options from "
+        "--config or overrides (data.storage_options.endpoint_url=...). Rows may point "
+        "only under data.allowed_prefixes (default: the annotation file's bucket or "
+        "folder and the video root). Rows whose video is not under the video root are "
+        "reported in prepare_missing_videos.parquet, bad rows in prepare_bad_rows.parquet, "
+        "both beside the manifest. Exit codes: 0 done, 2 bad arguments or an unreadable "
+        "manifest, 3 runtime failure.",
     )
-    parser.add_argument("inputs", nargs="+", help="annotation files or folder prefixes")
+    parser.add_argument(
+        "inputs", nargs="+", help="annotation files or folder prefixes; data.x=y overrides"
+    )
     parser.add_argument("--output", required=True, help="manifest URI (.parquet)")
     parser.add_argument("--format", dest="fmt", help="activitynet|kinetics|hvu|csv|parquet")
     parser.add_argument("--video-root", help="folder the videos live in (default: beside)")
@@ -332,18 +400,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--level", choices=LEVELS, default="video", help="rows per video or segment"
     )
     parser.add_argument("--no-check-videos", action="store_true", help="do not list the root")
-    parser.add_argument("--storage-options", default="{}", help="fsspec options as JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument("--config", help="YAML config (data.storage_options, allowed_prefixes)")
+    parser.add_argument(
+        "--storage-options", default="{}", help="fsspec options as JSON (prefer --config)"
+    )
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    inputs, overrides = split_overrides(args.inputs)
+    if not inputs:
+        parser.error("no annotation file or folder given")
+    options, allowed, allow_http = prepare_options(args.config, overrides, args.storage_options)
     report = prepare_manifest(
-        args.inputs,
+        inputs,
         args.output,
         fmt=args.fmt,
         video_root=args.video_root,
         uri_pattern=args.uri_pattern,
         level=args.level,
         check_videos=not args.no_check_videos,
-        storage_options=json.loads(args.storage_options),
+        storage_options=options,
+        allowed_prefixes=allowed,
+        allow_http=allow_http,
     )
     summary = report.summary()
     print(json.dumps(summary, indent=1), flush=True)
