@@ -238,3 +238,14 @@ def test_a_remote_manifest_may_point_into_its_own_bucket_only(moto_s3, tmp_path)
     assert listed.videos.column("video").to_pylist() == [f"{other}/videos/a.mp4"]
     frame = load_manifest(uri, storage_options=options, allowed_prefixes=[own, other]).table
     assert isinstance(frame, pd.DataFrame) and len(frame) == 3
+
+
+def test_class_ids_do_not_depend_on_where_rows_may_point(tmp_path: Path) -> None:
+    """A class whose only video is refused keeps its id: the map is built from every
+    parsed row, so allowing the prefix later does not shift the other ids."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video,label\n/elsewhere/a.mp4,ant\nb.mp4,bee\n")
+    confined = load_manifest(str(manifest), save_class_map=False)
+    opened = load_manifest(str(manifest), save_class_map=False, allowed_prefixes=["/"])
+    assert confined.class_names == opened.class_names == ["ant", "bee"]
+    assert confined.table["label_ids"].tolist() == [[1]] and len(opened.table) == 2

@@ -179,10 +179,13 @@ def load_manifest(
     bad: list[dict[str, Any]] = []
     if duplicates not in ("report", "keep"):
         raise ValueError(f"duplicates must be 'report' or 'keep', got {duplicates!r}")
-    rows = _confine(READERS[fmt](source, bad), confinement, bad)
+    parsed = READERS[fmt](source, bad)
+    rows = _confine(parsed, confinement, bad)
     if duplicates == "report":
         rows = _drop_duplicates(rows, bad)
-    names, map_uri, built = resolve_class_map(uri, rows, class_names, storage_options)
+    # the class map of every parsed row, refused ones too: ids do not depend on where
+    # rows may point (a class whose videos are all elsewhere keeps its id)
+    names, map_uri, built = resolve_class_map(uri, parsed, class_names, storage_options)
     rows = assign_label_ids(rows, names, bad)
     if built and names and save_class_map:
         map_uri = class_map_uri_for(uri)
