@@ -106,3 +106,8 @@ class CheckpointError(FrameExitError):
         if mismatched:
             parts.append(f"shape mismatches (file vs model): {listing(mismatched)}")
         return cls(f"{what}; " + "; ".join(parts)) if parts else None
+
+
+class LeaseLost(FrameExitError):
+    """This writer no longer holds the lease of its output or run (another writer took it
+    over, or it could not renew in time); it stopped before writing more (exit 1)."""

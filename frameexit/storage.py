@@ -390,6 +390,9 @@ def read_parquet(
     """A Parquet file at ``uri`` as a pyarrow Table (one GET; only ``columns`` if given)."""
     import pyarrow.parquet as pq
 
+    if is_local(uri):  # ParquetFile on the path: a third of read_table's time on small files
+        with pq.ParquetFile(local_path(uri)) as parquet:
+            return parquet.read(columns=columns, use_threads=False)
     with open_uri(uri, "rb", storage_options=storage_options) as handle:
         return pq.read_table(handle, columns=columns)
 

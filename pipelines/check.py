@@ -138,21 +138,30 @@ def run_check(
     import ray
 
     from pipelines.labeling.inputs import read_inputs
-    from pipelines.labeling.lease import Lease
     from pipelines.labeling.parts import PartWriter, compact, read_committed, read_winners
     from pipelines.labeling.run import plan
+    from pipelines.lease import Lease
 
     began = time.perf_counter()
     cfg = load_config(config_file, overrides)
     manifest, output = absolute_uri(manifest), absolute_uri(output)
     options = options_for(output, cfg.data.storage_options)
     parts = join_uri(output, "parts")
-    inputs = read_inputs(manifest, storage_options=options_for(manifest, cfg.data.storage_options))
+    inputs = read_inputs(
+        manifest, storage_options=options_for(manifest, cfg.data.storage_options),
+        allowed_prefixes=cfg.data.allowed_prefixes, allow_http=cfg.data.allow_http,
+    )  # fmt: skip
     run_id = uuid.uuid4().hex[:12]
-    with Lease(output, options, seconds=cfg.label.lease_seconds):
+    lease = Lease(output, options, seconds=cfg.label.lease_seconds, what="frameexit check")
+    with lease:
         committed = read_committed(parts, options, CHECK_SCHEMA)
-        todo, bad_todo, retried = plan(inputs, committed, retry=cfg.label.retry)
-        writer = PartWriter(parts, options, cfg.label.part_size, CHECK_SCHEMA)
+        todo, bad_todo, retried = plan(
+            inputs, committed, retry=cfg.label.retry, max_attempts=cfg.label.max_attempts
+        )
+        writer = PartWriter(
+            parts, options, cfg.label.part_size, CHECK_SCHEMA, fence=lease.check,
+            max_attempts=cfg.label.max_attempts,
+        )  # fmt: skip
         writer.add(_bad_rows(bad_todo, run_id))
         if todo.num_rows:
             ensure_ray(cfg, object_store_mb=512, cpus_needed=cfg.data.decode_concurrency)
@@ -174,8 +183,9 @@ def run_check(
                     writer.add(batch)
                     bar.update(batch.num_rows)
         writer.flush()
-        compact(parts, options, inputs.ids, CHECK_SCHEMA)
+        compact(parts, options, inputs.ids, CHECK_SCHEMA, fence=lease.check)
         checked = read_winners(parts, storage_options=options, schema=CHECK_SCHEMA)
+        lease.check()
         summary = _write_outputs(manifest, output, inputs, checked, options, cfg, retried)
     summary.update(
         checked_this_run=int(todo.num_rows + bad_todo.num_rows),
@@ -227,6 +237,8 @@ def _write_outputs(
         storage_options=options_for(manifest, cfg.data.storage_options) or None,
         save_class_map=False,
         duplicates="keep",
+        allowed_prefixes=cfg.data.allowed_prefixes,
+        allow_http=cfg.data.allow_http,
     )
     source = loaded.table.reset_index(drop=True)
     results = checked.to_pandas()

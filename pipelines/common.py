@@ -169,7 +169,7 @@ def run_command(main: Any, argv: list[str] | None) -> int:
     options included (:func:`register_argument_secrets`)."""
     import sys
 
-    from frameexit.errors import CheckpointError, ConfigError, ManifestError
+    from frameexit.errors import CheckpointError, ConfigError, LeaseLost, ManifestError
 
     register_argument_secrets(sys.argv[1:] if argv is None else argv)
     install_secret_filter()
@@ -183,6 +183,9 @@ def run_command(main: Any, argv: list[str] | None) -> int:
     except (ConfigError, ManifestError, CheckpointError) as error:
         log.error("%s", error_message(error))
         return EXIT_CONFIG
+    except LeaseLost as error:  # another writer holds the output: not a failure to retry
+        log.error("%s", error_message(error))
+        return EXIT_INCOMPLETE
     except Exception as error:  # noqa: BLE001 - the code tells a scheduler to retry
         log.exception("failed: %s: %s", type(error).__name__, error_message(error))
         return EXIT_FAILURE

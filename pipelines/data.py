@@ -60,7 +60,10 @@ def load_split(cfg: Config, split: str, *, limit: int | None = None) -> pd.DataF
     from frameexit.manifests import load_manifest
 
     options = options_for(cfg.data.manifest, cfg.data.storage_options) or None
-    loaded = load_manifest(cfg.data.manifest, storage_options=options)
+    loaded = load_manifest(
+        cfg.data.manifest, storage_options=options, allowed_prefixes=cfg.data.allowed_prefixes,
+        allow_http=cfg.data.allow_http,
+    )  # fmt: skip
     check_classes(cfg, loaded)
     table = loaded.table
     if len(loaded.bad_rows):

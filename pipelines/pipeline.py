@@ -26,6 +26,7 @@ from frameexit.storage import exists, read_bytes, redact, url_to_fs, write_text
 from pipelines.common import RunPaths, ensure_ray, uri_options
 from pipelines.evaluate import evaluate
 from pipelines.features import build_feature_cache, file_sha256, finish_skipped
+from pipelines.lease import Lease
 from pipelines.stages import run_stage1, run_stage2, write_config
 
 log = logging.getLogger("frameexit.pipelines")
@@ -53,6 +54,11 @@ def check_resume(cfg: Config) -> None:
     recorded = yaml.safe_load(read_bytes(paths.config, storage_options=paths.options)) or {}
     before = flatten(upgrade(recorded))  # a run recorded with earlier field names
     now = flatten(config_to_dict(redacted(cfg)))
+    # a field added since the run was recorded ran at its default then
+    defaults = flatten(config_to_dict(Config()))
+    for key in set(now) - set(before):
+        if key in defaults:
+            before[key] = defaults[key]
     resumable = fields_with("resumable")
     changed = sorted(
         key
@@ -99,10 +105,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     :func:`pipelines.evaluate.evaluate`) with ``operating_point`` (its summary),
     ``paper`` (validation at the paper's rule) and, if the manifest has a test split,
     ``test`` and ``test_paper``."""
-    from frameexit.checkpoint import load_model_checkpoint, store_operating_point
     from frameexit.config import check_beta
-    from frameexit.operating_point import paper_threshold, summary
-    from pipelines.evaluate import calibrate_on_cache, read_cache_outputs
 
     paths = RunPaths(cfg)
     check_beta(cfg.train.beta, cfg.model.num_steps, multi_label=cfg.model.multi_label)
@@ -112,7 +115,27 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         )
     if resume:
         check_resume(cfg)
+    from pipelines.data import load_split
+
+    load_split(cfg, cfg.data.train_split)  # the manifest's classes fit the model: before Ray
+    # one job per run name: a second submission refuses while this one holds the lease
+    lease = Lease(
+        paths.root, paths.options, seconds=cfg.train.lease_seconds, what="training job",
+        field="train.name",
+    )  # fmt: skip
+    with lease:
+        return _run(cfg, paths, lease, resume=resume)
+
+
+def _run(cfg: Config, paths: RunPaths, lease: Lease, *, resume: bool) -> dict[str, Any]:
+    """:func:`run_pipeline` while holding the run's lease (``lease.check()`` before each
+    stage and each write of results: a job that lost it stops there)."""
+    from frameexit.checkpoint import load_model_checkpoint, store_operating_point
+    from frameexit.operating_point import paper_threshold, summary
+    from pipelines.evaluate import calibrate_on_cache, read_cache_outputs
+
     ensure_ray(cfg)
+    lease.check()
     write_config(cfg)
     record_uri = paths("run.json")
     if not exists(record_uri, storage_options=paths.options):
@@ -128,7 +151,9 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     splits = list(
         dict.fromkeys([cfg.data.train_split, cfg.data.val_split, *([test] if test else [])])
     )
+    lease.check()
     cache = build_feature_cache(cfg, stage1, splits, resume=resume)
+    lease.check()
     stage2 = paths.model("stage2")
     if not (resume and exists(stage2, storage_options=paths.options)):
         stage2 = run_stage2(cfg, stage1, cache)
@@ -144,6 +169,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     point = calibrate_on_cache(
         cfg, stage2, cache, shape_split=cfg.data.train_split, split=val, held=outputs[val]
     )
+    lease.check()
     store_operating_point(stage2, point, storage_options=paths.options)
     tau = paper_threshold(cfg.model)
     metrics = evaluate(cfg, stage2, cache, operating_point=point, outputs=outputs[val])
@@ -166,6 +192,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     metrics["skipped_videos"] = int(len(skipped))
     metrics["pipeline_seconds"] = time.perf_counter() - began
     metrics["run"] = paths.root
+    lease.check()
     write_text(
         paths("eval", "summary.json"), json.dumps(metrics, indent=1, default=str),
         storage_options=paths.options,
@@ -197,7 +224,6 @@ def _track_results(cfg: Config, metrics: dict[str, Any]) -> None:
         log.warning("tracking the evaluation failed: %s", error)
     finally:
         tracker.close()
-
 
 
 def _non_empty(uri: str, options: dict[str, Any]) -> bool:

@@ -56,7 +56,6 @@ from pipelines.labeling.job import (
     resolve_class_names,
     resolve_config,
 )
-from pipelines.labeling.lease import Lease
 from pipelines.labeling.parts import (
     PartWriter,
     committed_ids,
@@ -86,6 +85,7 @@ from pipelines.labeling.schema import (
     output_row,
     rows_to_table,
 )
+from pipelines.lease import Lease
 
 __all__ = [
     "INPUT_COLUMNS",

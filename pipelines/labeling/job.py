@@ -210,6 +210,8 @@ def prepare_job(
         input_uri,
         storage_options=options_for(input_uri, cfg.data.storage_options),
         exclude_prefix=output_uri,
+        allowed_prefixes=cfg.data.allowed_prefixes,
+        allow_http=cfg.data.allow_http,
     )
     names = resolve_class_names(
         cfg,
@@ -297,13 +299,17 @@ def check_fingerprint(
                 "differ); rerun with the same settings, another --output, or --overwrite",
             )
         known = list(recorded.get("inputs", []))
-        if source not in known and not append:
+        others = [k for k in known if k != source]
+        if others and not append:
+            # without --append a run makes the output exactly its input, so it would
+            # compact away every other shard's rows
+            held = "also holds" if source in known else "holds"
             raise ConfigError(
                 "--output",
-                f"{job.output} holds the labels of {', '.join(known)}, not of {source}: "
-                "labeling another input here would remove their rows (the output is exactly "
-                "the current input). Use --append to add a shard, another --output, or "
-                "--overwrite",
+                f"{job.output} {held} the labels of {', '.join(others)}, not only of {source}: "
+                "labeling without --append would remove their rows (the output is exactly "
+                "the current input). Use --append to add or rerun a shard, another --output, "
+                "or --overwrite",
             )
         inputs = known + ([source] if source not in known else [])
     elif list_parts(job.output, options):

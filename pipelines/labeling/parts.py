@@ -20,7 +20,7 @@ with ``[``, ``*`` or ``?`` work.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,10 +186,14 @@ def compact(
     options: Mapping[str, Any] | None,
     current_ids: pa.Array | None,
     schema: pa.Schema = OUTPUT_SCHEMA,
+    *,
+    fence: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Rewrite the parts that hold losers or (with ``current_ids``) ids that are not
     current inputs; returns counts of ``parts_rewritten``, ``rows_dropped`` and
-    ``stale_rows`` (rows of entries no longer in the input)."""
+    ``stale_rows`` (rows of entries no longer in the input). ``fence`` runs before every
+    write and delete (the lease check: a writer that lost its lease stops there)."""
+    fence = fence or (lambda: None)
     state = read_committed(output, options, schema)
     keep = state.winner
     stale = 0
@@ -217,13 +221,26 @@ def compact(
         table = read_part(uri, options, schema=schema)
         kept = table.take(keep_positions)
         counts["rows_dropped"] += table.num_rows - kept.num_rows
-        new_uri = write_part(output, kept, options, schema) if kept.num_rows else None
-        if new_uri is not None:
+        new_uri = None
+        if kept.num_rows:
+            fence()
+            new_uri = write_part(output, kept, options, schema)
             written.add(new_uri)
         if new_uri != uri and uri not in written:
+            fence()
             remove(uri, storage_options=options)
         counts["parts_rewritten"] += 1
     return counts
+
+
+def final_after(table: pa.Table, max_attempts: int | None) -> pa.Table:
+    """``table`` with ``retryable`` false on rows that reached ``max_attempts`` (label.
+    max_attempts): their error is the final answer, and no rerun labels them again."""
+    if not max_attempts or not table.num_rows or "retryable" not in table.column_names:
+        return table
+    under = pc.less(table.column("attempts"), max_attempts)
+    index = table.schema.get_field_index("retryable")
+    return table.set_column(index, "retryable", pc.and_(table.column("retryable"), under))
 
 
 def read_labels(
@@ -288,9 +305,14 @@ class PartWriter:
         options: Mapping[str, Any],
         part_size: int,
         schema: pa.Schema = OUTPUT_SCHEMA,
+        *,
+        fence: Callable[[], None] | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         self.output, self.options, self.part_size = output, options, part_size
         self.schema = schema
+        self.fence = fence  # before every commit: the lease check
+        self.max_attempts = max_attempts  # a retryable row at this many attempts is final
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.parts: list[str] = []
@@ -300,6 +322,7 @@ class PartWriter:
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows:
+            table = final_after(table, self.max_attempts)
             self.buffer.append(table)
             self.buffered += table.num_rows
             self._seen.append(table.column("input_id").combine_chunks())
@@ -317,6 +340,8 @@ class PartWriter:
     def _commit(self, n: int) -> None:
         table = pa.concat_tables(self.buffer).combine_chunks()
         part, rest = table.slice(0, n), table.slice(n)
+        if self.fence is not None:
+            self.fence()
         self.parts.append(write_part(self.output, part, self.options, self.schema))
         self.totals.add(part)
         self.buffer = [rest] if rest.num_rows else []

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from frameexit.config import Config
+from frameexit.errors import LeaseLost
 from frameexit.operating_point import summary as summary_of
 from frameexit.storage import join_uri, options_for, redact, scrub, write_text
 from frameexit.testing import hooks
@@ -47,7 +48,6 @@ from pipelines.labeling.isolation import (
     task_retries,
 )
 from pipelines.labeling.job import LabelJob, check_fingerprint, prepare_job
-from pipelines.labeling.lease import Lease
 from pipelines.labeling.parts import (
     PartWriter,
     clean_temporaries,
@@ -56,6 +56,7 @@ from pipelines.labeling.parts import (
     read_committed,
 )
 from pipelines.labeling.schema import STATUS_BAD_ROW, SUMMARY_NAME
+from pipelines.lease import Lease
 
 log = logging.getLogger("frameexit.pipelines.label")
 
@@ -82,17 +83,25 @@ def actor_cpus(cfg: Config) -> float:
 
 
 def actor_memory(job: LabelJob, cpus: float, calls_per_actor: int) -> int:
-    """Bytes of memory a labeling actor declares: ``label.memory_per_actor_mb``, or an
-    estimate — the model twice (weights and a working copy), the frames of its batches
-    in flight, and a whole-object buffer per decode thread."""
+    """Bytes of memory a labeling actor declares: ``label.memory_per_actor_mb``, or what
+    it holds (``frameexit.inference.labeling_memory_bytes``): the model twice, per video
+    in flight its frames at model-input size and the decoder memory it may keep, per
+    decode thread the largest frame ``data.decode.max_pixels`` allows being decoded."""
+    from frameexit.inference import labeling_memory_bytes
+
     cfg = job.cfg
     if cfg.label.memory_per_actor_mb is not None:
         return int(cfg.label.memory_per_actor_mb) * 1024**2
     m = cfg.model
-    weights = sum(v.numel() * v.element_size() for v in job.weights.values())
-    frames = cfg.label.batch_size * calls_per_actor * 3 * m.clip_length * m.image_size**2 * 4
-    threads = decode_threads_for(cfg, cpus)
-    return int(512 * 1024**2 + 2 * weights + 4 * frames + threads * 64 * 1024**2)
+    return labeling_memory_bytes(
+        weights_bytes=sum(v.numel() * v.element_size() for v in job.weights.values()),
+        videos_in_flight=cfg.label.batch_size * calls_per_actor,
+        decode_threads=decode_threads_for(cfg, cpus),
+        decode=cfg.data.decode,
+        image_size=m.image_size,
+        clip_length=m.clip_length,
+        num_steps=m.num_steps,
+    )
 
 
 def decode_threads_for(cfg: Config, cpus: float | None = None) -> int:
@@ -180,16 +189,22 @@ def label_dataset(
         )
 
 
-def plan(inputs: LabelInputs, committed: Any, *, retry: bool) -> tuple[pa.Table, pa.Table, int]:
+def plan(
+    inputs: LabelInputs, committed: Any, *, retry: bool, max_attempts: int | None = None
+) -> tuple[pa.Table, pa.Table, int]:
     """``(videos to label, bad rows to commit, retried count)``: entries without a row,
-    and — with ``retry`` — entries whose row is retryable, with ``attempts`` + 1."""
+    and — with ``retry`` — entries whose row is retryable, with ``attempts`` + 1, unless
+    it already had ``max_attempts`` (then its row stands)."""
     winners = committed.winners
     done = winners
     retried = 0
     videos = inputs.videos
     if retry and winners.num_rows:
-        retryable = winners.filter(winners.column("retryable"))
-        done = winners.filter(pc.invert(winners.column("retryable")))
+        again_ok = winners.column("retryable")
+        if max_attempts:
+            again_ok = pc.and_(again_ok, pc.less(winners.column("attempts"), max_attempts))
+        retryable = winners.filter(again_ok)
+        done = winners.filter(pc.invert(again_ok))
         again = pc.is_in(videos.column("input_id"), value_set=retryable.column("input_id"))
         retried = int(pc.sum(again).as_py() or 0)
         if retried:
@@ -238,11 +253,13 @@ def run_labeling(
     cfg, output = job.cfg, job.output
     options = options_for(output, cfg.data.storage_options)
     run_id = uuid.uuid4().hex[:12]
-    with Lease(output, options, seconds=cfg.label.lease_seconds):
+    with Lease(output, options, seconds=cfg.label.lease_seconds) as lease:
         check_fingerprint(job, options, overwrite=overwrite, append=append)
         clean_temporaries(output, options)
         committed = read_committed(output, options)
-        todo, bad_todo, retried = plan(inputs, committed, retry=cfg.label.retry)
+        todo, bad_todo, retried = plan(
+            inputs, committed, retry=cfg.label.retry, max_attempts=cfg.label.max_attempts
+        )
         log.info(
             "%s: %d inputs (%d unparsable manifest rows), %d labeled before, %d to label "
             "(%d retried after a retryable error)",
@@ -253,7 +270,10 @@ def run_labeling(
             todo.num_rows + bad_todo.num_rows,
             retried,
         )
-        writer = PartWriter(output, options, cfg.label.part_size)
+        writer = PartWriter(
+            output, options, cfg.label.part_size, fence=lease.check,
+            max_attempts=cfg.label.max_attempts,
+        )  # fmt: skip
         writer.add(_with_run(bad_todo, run_id))
         writer.flush()
         calibrated = None
@@ -271,10 +291,12 @@ def run_labeling(
             timing["began"] = calibration_began
         if hooks.value("label.exit_before_compact"):  # test hook: a driver killed right here
             hooks.exit_process(3)
-        compaction = compact(output, options, None if append else inputs.ids)
+        compaction = compact(output, options, None if append else inputs.ids, fence=lease.check)
         summary = _summary(job, inputs, writer, timing, compaction, retried, began, options)
         if calibrated is not None:
             summary["calibration"] = calibrated
+        summary["run"]["lease_token"] = lease.token
+        lease.check()
         write_text(
             join_uri(output, SUMMARY_NAME),
             json.dumps(redact(summary), indent=1),
@@ -338,6 +360,8 @@ def _label(
                     ok = writer.totals.ok
                     bar.set_postfix(ok=ok, errors=writer.totals.rows - ok)
                 break
+            except LeaseLost:  # another writer holds the output now: stop, commit nothing
+                raise
             except Exception as error:  # noqa: BLE001 - a lost node, actor or object
                 restarts += 1
                 if restarts > cfg.label.max_pipeline_restarts:

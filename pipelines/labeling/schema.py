@@ -76,7 +76,6 @@ FINGERPRINT_NAME = "_labeling.json"
 SUMMARY_NAME = "_summary.json"
 CONFIG_NAME = "_config.yaml"
 CALIBRATION_NAME = "_calibration.json"
-LEASE_NAME = "_lease.json"
 ID_SCHEME = "uri-fragment-v2"  # recorded in the fingerprint: ids of other schemes never mix
 OUTPUT_VERSION = 3  # recorded in the fingerprint: v3 added the calibration columns
 
