@@ -30,7 +30,10 @@ FORBIDDEN = {
     "frameexit_cli": ("bench",),
 }
 # bench/ benchmarks these entry points; everything else of pipelines/ and tuning/ is internal.
-BENCH_ENTRY_POINTS = ("pipelines.check", "pipelines.label", "pipelines.train", "tuning.sweep")
+BENCH_ENTRY_POINTS = (
+    "pipelines.check", "pipelines.label", "pipelines.train", "tuning.sweep",
+    "pipelines.labeling.simulation",  # the part protocol's schedule player
+)  # fmt: skip
 
 
 def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
