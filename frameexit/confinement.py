@@ -11,9 +11,11 @@ filesystem or network access:
 * the URI, normalised (scheme, bucket, path with ``.``/``..`` resolved), must lie under
   one of the allowed prefixes, compared by whole path components
   (``s3://b/videos`` allows ``s3://b/videos/x.mp4``, never ``s3://b/videos-private/x``).
-  ``data.allowed_prefixes`` empty means the default: the manifest's own bucket (remote
-  manifest) or its directory tree (local manifest), the video root given with it, and
-  the embedded synthetic default corpus;
+  ``data.allowed_prefixes`` empty means the default. For a remote manifest: its own
+  bucket, the video root given with it and the embedded synthetic default corpus. For a
+  manifest on local disk (the user's own file): any local path except system
+  directories (:data:`SYSTEM_DIRS`) and hidden ones (a component starting with ``.``,
+  such as ``~/.aws``), and any object-store bucket;
 * plain ``http(s)://`` is refused unless ``data.allow_http``; even then link-local
   (169.254.0.0/16, fe80::/10) and cloud metadata addresses and names are refused always;
 * chained fsspec URLs (``simplecache::...``), control characters and URIs longer than
@@ -65,6 +67,11 @@ METADATA_NETWORKS = tuple(
     )
 )
 SYNTHETIC_DEFAULT = "synthetic-default"
+#: never read by default from a local manifest (credentials, keys, devices, the OS)
+SYSTEM_DIRS = frozenset(
+    {"/etc", "/proc", "/sys", "/dev", "/boot", "/run", "/var", "/usr", "/bin", "/sbin",
+     "/lib", "/lib32", "/lib64", "/libx32", "/snap"}
+)  # fmt: skip
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BRACKETS = re.compile(r"\[[^\]]*\]")  # an IPv6 host, whose "::" is no fsspec chain
 
@@ -226,6 +233,9 @@ class Confinement:
     prefixes: tuple[Place, ...]
     allow_http: bool = False
     explicit: bool = False  # prefixes came from data.allowed_prefixes (else: the default)
+    # the default for a manifest on local disk (the user's own file): any local path but
+    # system and hidden ones, and any object-store bucket
+    local_manifest: bool = False
     _hosts: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -238,12 +248,15 @@ class Confinement:
         allow_http: bool = False,
     ) -> Confinement:
         """The confinement of the rows of ``manifest``: ``allowed_prefixes`` when given
-        (non-empty), else the default — the manifest's bucket (remote) or directory tree
-        (local), ``video_root`` and the synthetic default corpus."""
+        (non-empty), else the default: for a remote manifest its own bucket, ``video_root``
+        and the synthetic default corpus; for a manifest on local disk any local path
+        except system and hidden ones (:data:`SYSTEM_DIRS`, a component starting with
+        ``.``), any object-store bucket, and those same places."""
         if allowed_prefixes:
             return cls(_places(allowed_prefixes), allow_http=allow_http, explicit=True)
         manifest = str(manifest)
-        if is_local(manifest):
+        local = is_local(manifest)
+        if local:
             own = parent_uri(manifest)
         else:
             scheme, rest = manifest.split("://", 1)
@@ -251,11 +264,13 @@ class Confinement:
         defaults = [own, synthetic_default_root()]
         if video_root:
             defaults.append(absolute_uri(video_root))
-        return cls(_places(defaults), allow_http=allow_http)
+        return cls(_places(defaults), allow_http=allow_http, local_manifest=local)
 
     def describe(self) -> str:
         """The allowed prefixes, for a reason text."""
         listed = ", ".join(str(p) for p in self.prefixes)
+        if self.local_manifest:
+            listed = "any local path but system and hidden ones, any bucket"
         return listed if self.explicit else f"default: {listed}"
 
     def refusal(self, uri: str) -> str | None:
@@ -282,6 +297,13 @@ class Confinement:
                 return None  # data.allow_http with the default prefixes: any other host
         if any(place.within(prefix) for prefix in self.prefixes):
             return None
+        if self.local_manifest and place.scheme == "file":
+            why = sensitive_path(place.path)
+            if why is None:
+                return None
+            return f"{why} is not read by default (set data.allowed_prefixes to allow it): {uri}"
+        if self.local_manifest and place.scheme not in HOST_SCHEMES:
+            return None  # an object-store bucket
         return f"outside data.allowed_prefixes ({self.describe()}): {uri}"
 
     def check(self, uri: str) -> None:
@@ -289,6 +311,19 @@ class Confinement:
         why = self.refusal(uri)
         if why:
             raise Refused(why)
+
+
+def sensitive_path(path: str) -> str | None:
+    """Why a local ``path`` (absolute, normalised) is a system or hidden place, or None."""
+    parts = [p for p in path.split("/") if p]
+    if parts and "/" + parts[0] in SYSTEM_DIRS:
+        return f"the system directory /{parts[0]}"
+    hidden = next((p for p in parts[:-1] if p.startswith(".")), None)
+    if hidden is not None:
+        return f"the hidden directory {hidden}"
+    if parts and parts[-1].startswith("."):
+        return f"the hidden file {parts[-1]}"
+    return None
 
 
 def _places(prefixes: Iterable[str]) -> tuple[Place, ...]:

@@ -116,9 +116,19 @@ def test_the_default_rule_and_bad_prefixes() -> None:
     assert remote.refusal("s3://b/videos/a.mp4") is None  # the manifest's own bucket
     assert remote.refusal("s3://c/videos/a.mp4").startswith("outside data.allowed_prefixes")
     assert remote.refusal("/etc/passwd")
-    rooted = Confinement.for_manifest("/ann/train.csv", video_root="s3://videos/k400")
+    assert remote.refusal("file:///data/a.mp4")  # a remote manifest never names local files
+    rooted = Confinement.for_manifest("s3://ann/train.csv", video_root="s3://videos/k400")
     assert rooted.refusal("s3://videos/k400/a.mp4") is None  # the video root given with it
-    assert rooted.refusal("/ann/sub/a.mp4") is None and rooted.refusal("/other/a.mp4")
+    assert rooted.refusal("s3://videos/other/a.mp4")
+    # a manifest on local disk: any local path but system and hidden ones, any bucket
+    local = Confinement.for_manifest("/ann/train.csv")
+    assert local.refusal("/ann/sub/a.mp4") is None and local.refusal("/data/k400/a.mp4") is None
+    assert local.refusal("s3://videos/a.mp4") is None
+    for uri in ("/etc/passwd", "file:///root/.aws/credentials", "/home/u/.ssh/id_rsa",
+                "/proc/self/environ", "/data/.env", "/ann/../etc/shadow"):  # fmt: skip
+        why = local.refusal(uri)
+        assert why and "not read by default" in why, (uri, why)
+    assert local.refusal("http://example.com/a.mp4")  # http stays refused
     with pytest.raises(ConfigError) as info:
         load_manifest("/nonexistent.csv", allowed_prefixes=["simplecache::s3://b/"])
     assert info.value.field == "data.allowed_prefixes"
@@ -130,7 +140,9 @@ def test_the_synthetic_default_corpus_is_allowed_from_anywhere(tmp_path, monkeyp
     video = data / "synthetic-default" / "videos" / "v0.mp4"
     elsewhere = Confinement.for_manifest(str(tmp_path / "runs" / "check" / "manifest.parquet"))
     assert elsewhere.refusal(str(video)) is None
-    assert elsewhere.refusal(str(data / "other" / "v0.mp4"))
+    remote = Confinement.for_manifest("s3://b/manifest.parquet")
+    assert remote.refusal(str(video)) is None
+    assert remote.refusal(str(data / "other" / "v0.mp4"))
 
 
 # --------------------------------------------------------------------------- manifests
@@ -155,13 +167,23 @@ def test_hostile_rows_are_bad_rows_with_their_reason(tmp_path: Path) -> None:
     manifest = folder / "manifest.csv"
     manifest.write_text("video\nclips/ok.mp4\n" + "\n".join(HOSTILE) + "\n")
     loaded = load_manifest(str(manifest), video_root=str(folder / "videos"))
-    assert loaded.table["video"].tolist() == [str(folder / "videos" / "clips" / "ok.mp4")]
+    # a manifest on local disk may name other local folders and buckets by default
+    assert loaded.table["video"].tolist() == [
+        str(folder / "videos" / "clips" / "ok.mp4"), "/nonexistent/dir/x.mp4",
+        "s3://other-bucket/x.mp4",
+    ]  # fmt: skip
     reasons = dict(zip(loaded.bad_rows["line"], loaded.bad_rows["reason"], strict=True))
-    assert len(reasons) == len(HOSTILE)
+    assert sorted(reasons) == [3, 4, 5, 6, 9, 10]
     assert "climbs above the video root" in reasons[3] and "climbs above" in reasons[4]
-    for line in (5, 6, 7, 8):
-        assert reasons[line].startswith("outside data.allowed_prefixes (default: ")
+    assert reasons[5].startswith("the hidden directory .aws is not read by default")
+    assert reasons[6].startswith("the system directory /etc is not read by default")
     assert "metadata" in reasons[9] and "data.allow_http is false" in reasons[10]
+    strict = load_manifest(str(manifest), video_root=str(folder / "videos"),
+                           allowed_prefixes=[str(folder / "videos")])  # fmt: skip
+    reasons = dict(zip(strict.bad_rows["line"], strict.bad_rows["reason"], strict=True))
+    assert len(reasons) == len(HOSTILE)
+    for line in (5, 6, 7, 8):
+        assert reasons[line].startswith("outside data.allowed_prefixes (/"), reasons[line]
     # listing the prefixes lets the same rows through, never the metadata host nor a
     # climb above the root; with listed prefixes an http URL must be under one of them
     opened = load_manifest(str(manifest), video_root=str(folder / "videos"),
@@ -185,20 +207,20 @@ def test_kinetics_ids_cannot_climb_out_of_the_video_root(tmp_path: Path) -> None
 
 
 def test_labeling_and_check_inputs_never_tell_what_exists_outside(tmp_path: Path) -> None:
-    """/etc/passwd exists, /nonexistent does not: both rows get the same answer, and
+    """/etc/passwd exists, /etc/nonexistent does not: both rows get the same answer, and
     neither becomes a video to open."""
     folder = tmp_path / "in"
     folder.mkdir()
     write_clip(str(folder / "ok.mp4"), num_frames=8)
     manifest = folder / "manifest.csv"
-    manifest.write_text("video\nok.mp4\n/etc/passwd\n/nonexistent/passwd\n")
+    manifest.write_text("video\nok.mp4\n/etc/passwd\n/etc/nonexistent/passwd\n")
     inputs = read_inputs(str(manifest))
     assert inputs.videos.column("video").to_pylist() == [str(folder / "ok.mp4")]
     bad = inputs.bad.to_pylist()
     assert [row["status"] for row in bad] == ["bad_manifest_row"] * 2
-    shapes = {row["error"].replace("/etc/passwd", "X").replace("/nonexistent/passwd", "X").replace("line 3", "line N").replace("line 4", "line N") for row in bad}  # fmt: skip
+    shapes = {row["error"].replace("/etc/passwd", "X").replace("/etc/nonexistent/passwd", "X").replace("line 3", "line N").replace("line 4", "line N") for row in bad}  # fmt: skip
     assert len(shapes) == 1  # the two answers differ only in the path and line
-    assert all("outside data.allowed_prefixes" in row["error"] for row in bad)
+    assert all("not read by default" in row["error"] for row in bad)
     allowed = read_inputs(str(manifest), allowed_prefixes=["/"])
     assert allowed.videos.num_rows == 3 and allowed.bad.num_rows == 0
 
@@ -244,7 +266,7 @@ def test_class_ids_do_not_depend_on_where_rows_may_point(tmp_path: Path) -> None
     """A class whose only video is refused keeps its id: the map is built from every
     parsed row, so allowing the prefix later does not shift the other ids."""
     manifest = tmp_path / "m.csv"
-    manifest.write_text("video,label\n/elsewhere/a.mp4,ant\nb.mp4,bee\n")
+    manifest.write_text("video,label\n/proc/a.mp4,ant\nb.mp4,bee\n")
     confined = load_manifest(str(manifest), save_class_map=False)
     opened = load_manifest(str(manifest), save_class_map=False, allowed_prefixes=["/"])
     assert confined.class_names == opened.class_names == ["ant", "bee"]

@@ -284,13 +284,13 @@ def test_plain_csv(files: Path) -> None:
     }
     rooted = load_manifest(str(path), video_root="s3://b/root/", allowed_prefixes=["s3://b/root"])
     assert rooted.table["video"][0] == "s3://b/root/clips/a.mp4"
-    # by default only the manifest's own folder: the rows pointing elsewhere are bad rows
-    default = load_manifest(str(path))
-    assert default.table["video"].tolist() == [
-        str(path.parent / "clips" / f"{n}.mp4") for n in "ab"
-    ]
-    assert reasons(default)[4].startswith("outside data.allowed_prefixes (default: ")
-    assert reasons(default)[4].endswith(": /data/videos/c.mp4")
+    # by default a manifest on local disk reaches other local folders and buckets too;
+    # data.allowed_prefixes narrows that: the rows pointing elsewhere are bad rows
+    assert load_manifest(str(path)).table["video"].tolist() == table["video"].tolist()
+    narrow = load_manifest(str(path), allowed_prefixes=[str(path.parent)])
+    assert narrow.table["video"].tolist() == [str(path.parent / "clips" / f"{n}.mp4") for n in "ab"]
+    assert reasons(narrow)[4].startswith("outside data.allowed_prefixes (/")
+    assert reasons(narrow)[4].endswith(": /data/videos/c.mp4")
 
 
 def test_label_less_manifest_for_labeling(files: Path) -> None:
