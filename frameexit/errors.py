@@ -26,7 +26,8 @@ class VideoDecodeError(FrameExitError):
 
     * final — the file itself: ``missing``, ``empty``, ``truncated`` (no decodable frame),
       ``not_video``, ``unreadable`` (damaged data), ``index_out_of_range``, ``too_large``
-      (over ``data.decode.max_bytes``), ``crashed`` (decoding it killed its worker twice);
+      (over ``data.decode.max_bytes``, or a header declaring more than
+      ``max_frames``/``max_pixels``/``max_duration_s``), ``crashed`` (decoding it killed its worker twice);
     * retryable — the storage or the moment: ``timeout`` (over the decode time budget),
       ``access_denied`` (credentials or permissions: fix the configuration, not the
       file), ``throttled`` (503 SlowDown / 429 after the client's own retries),

@@ -39,6 +39,7 @@ from frameexit.manifests.parsing import BadRow, bad_record, normalize_split, par
 from frameexit.manifests.schema import write_manifest
 from frameexit.storage import (
     absolute_uri,
+    install_secret_filter,
     is_local,
     join_uri,
     list_files,
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    install_secret_filter()  # prepare logs outside run_command: mask credentials here too
     inputs, overrides = split_overrides(args.inputs)
     if not inputs:
         parser.error("no annotation file or folder given")
