@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import posixpath
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -184,8 +186,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+#: the key of a YAML config naming the file(s) it extends (relative to the config's folder)
+BASE_KEY = "base"
+
+
 def read_yaml(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The mapping in the YAML file at ``uri`` (any fsspec URI)."""
+    """The mapping in the YAML file at ``uri`` (any fsspec URI), with the files its
+    ``base:`` key names (one path or a list, relative to ``uri``'s folder) merged
+    underneath: this file's values win, mappings merge key by key, anything else
+    (lists included) is replaced. A base may have a base; a cycle is a ConfigError
+    naming the files in it."""
+    return _read_with_bases(uri, storage_options, ())
+
+
+def _read_yaml_file(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     import fsspec
 
     try:
@@ -198,6 +212,55 @@ def read_yaml(uri: str, storage_options: Mapping[str, Any] | None = None) -> dic
     if not isinstance(data, dict):
         raise ConfigError("config", f"{uri} must hold a mapping at the top level")
     return data
+
+
+def _read_with_bases(
+    uri: str, storage_options: Mapping[str, Any] | None, chain: tuple[str, ...]
+) -> dict[str, Any]:
+    from frameexit.storage import absolute_uri
+
+    uri = absolute_uri(uri)
+    if uri in chain:
+        cycle = " -> ".join((*chain[chain.index(uri) :], uri))
+        raise ConfigError(BASE_KEY, f"configs extend each other in a cycle: {cycle}")
+    data = _read_yaml_file(uri, storage_options)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(BASE_KEY, f"{uri}: must be a path or a list of paths, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:  # later bases over earlier ones, the file over all of them
+        base_data = _read_with_bases(base_uri(uri, base), storage_options, (*chain, uri))
+        merged = merge_mappings(merged, base_data)
+    return merge_mappings(merged, data)
+
+
+def base_uri(uri: str, base: str) -> str:
+    """Where the ``base:`` entry ``base`` of the config at ``uri`` points: an absolute
+    path or a ``scheme://`` URI as is, anything else relative to ``uri``'s folder."""
+    from frameexit.storage import is_local, parent_uri
+
+    if "://" in base or os.path.isabs(os.path.expanduser(base)):
+        return base
+    folder = parent_uri(uri)
+    if is_local(uri):
+        return os.path.normpath(os.path.join(folder, base))
+    scheme, rest = folder.split("://", 1)
+    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, base))}"
+
+
+def merge_mappings(under: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``under``: nested mappings merge, other values are replaced."""
+    out = deep_copy(dict(under))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_mappings(out[key], value)
+        else:
+            out[key] = deep_copy(value)
+    return out
 
 
 def deep_copy(data: Any) -> Any:
