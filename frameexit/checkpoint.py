@@ -8,6 +8,11 @@ a user did not write is ever unpickled. A ``.safetensors`` URI stores the same c
 ``extra["operating_point"]`` (stage-2 checkpoints of a training run) is the operating
 point chosen on held-out data (``frameexit.operating_point``); a loaded model carries it
 as ``model.operating_point`` and uses it unless a caller names another rule.
+
+``extra["class_names"]`` names the model's K outputs (the training manifest's class map,
+written by training and by the official converter when it knows them); a loaded model
+carries it as ``model.class_names`` (None for a checkpoint without names). Whatever must
+name outputs without them calls :func:`placeholder_class_names`, which warns.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +35,9 @@ if TYPE_CHECKING:
     from frameexit.model import FrameExit
 
 FORMAT = "frameexit-checkpoint-v1"
+CLASS_NAMES_KEY = "class_names"
+
+log = logging.getLogger("frameexit.checkpoint")
 
 
 def save_model_checkpoint(
@@ -38,8 +47,14 @@ def save_model_checkpoint(
     *,
     extra: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
-    """Write ``model``'s weights and ``cfg`` to ``uri`` (write to a temp name, then move)."""
+    """Write ``model``'s weights and ``cfg`` to ``uri`` (write to a temp name, then move).
+    ``class_names`` (one per output, ``cfg.model.num_classes`` of them) go into
+    ``extra["class_names"]``, where :func:`load_model_checkpoint` finds them."""
+    if class_names is not None:
+        names = checked_class_names(class_names, cfg.model.num_classes, source=uri)
+        extra = {**(extra or {}), CLASS_NAMES_KEY: names}
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     if uri.endswith(".safetensors"):
         from safetensors.torch import save
@@ -162,12 +177,141 @@ def load_model_checkpoint(
     uri: str, *, storage_options: dict[str, Any] | None = None, device: str = "cpu"
 ) -> tuple[torch.nn.Module, Config]:
     """Build the model its config describes and load its weights strictly; the model
-    carries the checkpoint's operating point (``model.operating_point``, or None)."""
+    carries the checkpoint's operating point (``model.operating_point``, or None) and its
+    class names (``model.class_names``, or None when the checkpoint has none)."""
     state, cfg, extra = read_model_checkpoint(uri, storage_options=storage_options)
     cfg.model.pretrained = None  # the checkpoint already holds the weights
     model = model_from_state(cfg.model, state, source=uri)
     model.operating_point = operating_point_of(extra, source=uri)
+    model.class_names = class_names_of(extra, cfg.model.num_classes, source=uri)
     return model.to(device).eval(), cfg
+
+
+def checkpoint_config(
+    checkpoint: str, config_file: str | None = None, overrides: Sequence[str] = ()
+) -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
+    """The config an inference run uses with ``checkpoint``: ``(config, state, extra)``.
+
+    The model section is the checkpoint's (``pretrained`` dropped: the state holds the
+    weights); overrides may change only the model fields declared ``checkpoint_override``
+    (``model.exit_threshold``, ``model.first_step_threshold``, ``model.policy``), anything
+    else of ``model.*`` is a :class:`ConfigError`; every other section (label, data) comes
+    from the defaults, ``config_file`` and the overrides. ``data.manifest`` defaults to
+    the training manifest (whose ``classes.json`` may name the outputs)."""
+    from frameexit.config import fields_with, load_config
+    from frameexit.errors import ConfigError
+    from frameexit.storage import options_for
+
+    allowed = tuple(f.split(".", 1)[1] for f in fields_with("checkpoint_override"))
+    model_overrides = [o for o in overrides if o.lstrip("-").startswith("model.")]
+    for text in model_overrides:
+        key = text.lstrip("-").split("=", 1)[0]
+        if key.split(".", 1)[1] not in allowed:
+            raise ConfigError(
+                key,
+                "fixed by the checkpoint; only "
+                + ", ".join(f"model.{f}" for f in allowed)
+                + " may be overridden with --checkpoint",
+            )
+    cfg = load_config(config_file, [o for o in overrides if o not in model_overrides])
+    options = options_for(checkpoint, cfg.data.storage_options)
+    state, ckpt_cfg, extra = read_model_checkpoint(checkpoint, storage_options=options or None)
+    merged = config_to_dict(cfg)
+    merged["model"] = config_to_dict(ckpt_cfg)["model"]
+    merged["model"]["pretrained"] = None
+    merged["data"]["manifest"] = cfg.data.manifest or ckpt_cfg.data.manifest
+    return config_from_dict(merged, model_overrides), state, extra
+
+
+def checked_class_names(names: Sequence[str], num_classes: int, *, source: str) -> list[str]:
+    """``names`` as a list of K distinct non-empty strings, else :class:`CheckpointError`."""
+    names = list(names)
+    if not all(isinstance(n, str) and n for n in names):
+        raise CheckpointError(f"{source}: class names must be non-empty strings")
+    if len(names) != num_classes:
+        raise CheckpointError(
+            f"{source}: {len(names)} class names for a model of {num_classes} outputs"
+        )
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{source}: duplicate class names")
+    return names
+
+
+def class_names_of(
+    extra: Mapping[str, Any], num_classes: int, *, source: str = "checkpoint"
+) -> list[str] | None:
+    """The class names stored in a checkpoint's ``extra`` (None when it has none)."""
+    names = extra.get(CLASS_NAMES_KEY)
+    if names is None:
+        return None
+    return checked_class_names(names, num_classes, source=source)
+
+
+def read_checkpoint_class_names(
+    uri: str, *, storage_options: dict[str, Any] | None = None
+) -> list[str] | None:
+    """The class names stored in the checkpoint at ``uri`` (None when it has none), read
+    cheaply: a safetensors header, or a local ``.pt`` memory-mapped (its tensors are not
+    read); a remote ``.pt`` is read whole."""
+    from frameexit.storage import is_local, local_path, open_uri
+
+    if uri.endswith(".safetensors"):
+        try:
+            with open_uri(uri, "rb", storage_options=storage_options) as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+        except FileNotFoundError as error:
+            raise CheckpointError(f"{uri}: checkpoint not found") from error
+        metadata = header.get("__metadata__", {})
+        config = json.loads(metadata.get("config", "{}"))
+        extra = json.loads(metadata.get("extra", "{}"))
+    elif is_local(uri):
+        try:
+            blob = torch.load(local_path(uri), map_location="cpu", weights_only=True, mmap=True)
+        except FileNotFoundError as error:
+            raise CheckpointError(f"{uri}: checkpoint not found") from error
+        except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+            raise CheckpointError(f"{uri}: not a loadable checkpoint ({error})") from error
+        config, extra = blob.get("config") or {}, dict(blob.get("extra") or {})
+    else:
+        _, cfg, extra = read_model_checkpoint(uri, storage_options=storage_options)
+        config = config_to_dict(cfg)
+    classes = int((config.get("model") or {}).get("num_classes", 0))
+    return class_names_of(extra, classes, source=uri)
+
+
+def padded_class_names(names: Sequence[str], num_classes: int, *, source: str) -> list[str]:
+    """A class map for a model of ``num_classes`` outputs: a shorter map (a manifest
+    whose classes do not use every output) gets ``class_<i>`` for the outputs without a
+    class, with a warning; a longer one is an error."""
+    names = list(names)
+    if len(names) > num_classes:
+        raise CheckpointError(
+            f"{source}: {len(names)} classes for a model of {num_classes} outputs"
+        )
+    if len(names) < num_classes:
+        log.warning(
+            "%s names %d classes, the model has %d outputs: outputs %d..%d are named "
+            "class_<i> (no class of the data set is theirs)",
+            source, len(names), num_classes, len(names), num_classes - 1,
+        )  # fmt: skip
+        names += [f"class_{i}" for i in range(len(names), num_classes)]
+    return checked_class_names(names, num_classes, source=source)
+
+
+def placeholder_class_names(
+    num_classes: int, why: str, *, logger: logging.Logger = log
+) -> list[str]:
+    """``class_0 .. class_<K-1>``, with a warning that the outputs have no names and how
+    to give them: the one place a name is guessed."""
+    logger.warning(
+        "NO CLASS NAMES: %s. Labels will read class_0..class_%d instead of the names of "
+        "the classes. Pass --classes classes.json (a JSON list, one name per output), or "
+        "use a checkpoint written by training, which stores its class names",
+        why,
+        num_classes - 1,
+    )
+    return [f"class_{i}" for i in range(num_classes)]
 
 
 def operating_point_of(extra: Mapping[str, Any], *, source: str = "checkpoint"):

@@ -30,9 +30,10 @@ Key mapping (theirs → ours), after removing ``module.`` prefixes (DataParallel
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +41,8 @@ from torch import Tensor, nn
 
 from frameexit.config import ModelConfig
 from frameexit.errors import CheckpointError
+
+log = logging.getLogger("frameexit.official")
 
 # Children of torchvision's ResNet in order; their ``backbone`` is Sequential(children[:-1]).
 RESNET_CHILDREN: tuple[str, ...] = (
@@ -218,22 +221,45 @@ def convert_official_checkpoint(
     output_uri: str,
     *,
     storage_options: dict[str, Any] | None = None,
+    class_names: Sequence[str] | str | None = None,
 ) -> str:
     """Turn an authors' ``.pth`` into a frameexit checkpoint that every entry point loads.
 
     The result carries :func:`official_config` as its model config, so
     ``pipelines/label.py --checkpoint OUTPUT`` labels with the released model exactly as
-    their code runs it (official variant, policy and first-step rule). Returns ``output_uri``.
+    their code runs it (official variant, policy and first-step rule). ``class_names``
+    (a list, or the URI of a ``classes.json``: the 200 names in the order of their label
+    ids) are stored in the checkpoint. Their release ships no class list and none is
+    packaged here, so without it the checkpoint has no names: a warning says so, and
+    ``predict``/``label`` need ``--classes``. Returns ``output_uri``.
     """
-    from frameexit.checkpoint import save_model_checkpoint
+    from frameexit.checkpoint import checked_class_names, save_model_checkpoint
     from frameexit.config import Config
     from frameexit.model import build_model
 
     model_cfg = official_config(dataset)
+    names = None
+    if isinstance(class_names, str):
+        from frameexit.manifests import read_class_names
+
+        names = read_class_names(class_names, storage_options=storage_options)
+    elif class_names is not None:
+        names = list(class_names)
+    if names is not None:
+        names = checked_class_names(names, model_cfg.num_classes, source="--classes")
+    else:
+        log.warning(
+            "NO CLASS NAMES stored in %s: the authors' release has no class list for %s and "
+            "none was given (--classes classes.json, %d names in label-id order); its "
+            "answers will read class_<i> unless predict/label get --classes",
+            output_uri, dataset, model_cfg.num_classes,
+        )  # fmt: skip
     model = load_official_checkpoint(build_model(model_cfg), source)
     cfg = Config(model=model_cfg)
     extra = {"source": os.fspath(source), "official_dataset": dataset}
-    save_model_checkpoint(model, cfg, output_uri, extra=extra, storage_options=storage_options)
+    save_model_checkpoint(
+        model, cfg, output_uri, extra=extra, storage_options=storage_options, class_names=names
+    )
     return output_uri
 
 
@@ -247,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, choices=sorted(OFFICIAL_CHECKPOINTS))
     parser.add_argument("--input", required=True, help="their .pth (path or URI)")
     parser.add_argument("--output", required=True, help="our checkpoint URI (.pt/.safetensors)")
+    parser.add_argument(
+        "--classes",
+        help="classes.json naming the dataset's classes in label-id order (stored in the "
+        "checkpoint; their release has none)",
+    )
     args = parser.parse_args(argv)
     try:
-        convert_official_checkpoint(args.dataset, args.input, args.output)
+        convert_official_checkpoint(args.dataset, args.input, args.output, class_names=args.classes)
     except CheckpointError as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.output} (model.variant=official, dataset {args.dataset})")

@@ -257,6 +257,7 @@ def _save_best(model, cfg, config: dict[str, Any], epoch: int, metric: float) ->
         config["best_uri"],
         storage_options=unshared(config.get("storage_options")) or None,
         extra={"stage": 1, "epoch": epoch, f"val_{name}": metric, "selected_by": f"val_{name}"},
+        class_names=config.get("class_names"),
     )
 
 

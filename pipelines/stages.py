@@ -45,7 +45,6 @@ from pipelines.features import finish_skipped
 log = logging.getLogger("frameexit.pipelines")
 
 
-
 def write_config(cfg: Config) -> str:
     """Write the resolved config (credentials masked) next to the run's outputs."""
     paths = RunPaths(cfg)
@@ -166,6 +165,7 @@ def run_stage1(cfg: Config) -> str:
         val = video_dataset(cfg, cfg.data.val_split, train=False, skip_dir=paths.skipped_parts)
         datasets["val"] = training_columns(val)
     best_uri = paths.model("stage1-best")
+    names = class_names(cfg)
     log.info(
         "stage 1: %d epochs, %d workers%s -> %s",
         cfg.train.stage1.epochs,
@@ -185,6 +185,7 @@ def run_stage1(cfg: Config) -> str:
                 "validate": validate,
                 "best_uri": best_uri if validate else None,
                 "storage_options": shared(paths.options),
+                "class_names": names,
             },
             datasets,
             stage="stage1",
@@ -197,8 +198,9 @@ def run_stage1(cfg: Config) -> str:
     last_uri, uri = paths.model("stage1-last"), paths.model("stage1")
     extra = {"stage": 1, "epochs": int(state["epoch"]), **metrics}
     save_model_checkpoint(
-        model, redacted(cfg), last_uri, storage_options=paths.options, extra=extra
-    )
+        model, redacted(cfg), last_uri, storage_options=paths.options, extra=extra,
+        class_names=names,
+    )  # fmt: skip
     if validate and exists(best_uri, storage_options=paths.options):
         best, _, best_extra = read_model_checkpoint(best_uri, storage_options=paths.options)
         model = model_from_state(cfg.model, best, source=best_uri)
@@ -209,7 +211,10 @@ def run_stage1(cfg: Config) -> str:
         }
     else:
         extra = {**extra, "selected_epoch": int(state["epoch"]), "selected_by": "last epoch"}
-    save_model_checkpoint(model, redacted(cfg), uri, storage_options=paths.options, extra=extra)
+    save_model_checkpoint(
+        model, redacted(cfg), uri, storage_options=paths.options, extra=extra,
+        class_names=names,
+    )  # fmt: skip
     finish_skipped(cfg)
     log.info(
         "stage 1 done in %.0f s (%d epochs, model of epoch %d by %s): %s",
@@ -305,6 +310,7 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
             "stage1": stage1_uri,
             **_scalars(state.get("metrics")),
         },
+        class_names=class_names(cfg),
     )
     log.info("stage 2 done in %.0f s: %s", time.perf_counter() - began, uri)
     return uri
@@ -313,7 +319,31 @@ def run_stage2(cfg: Config, stage1_uri: str, cache: dict[str, str], *, name: str
 # --- small helpers --------------------------------------------------------------------
 
 
+def class_names(cfg: Config) -> list[str] | None:
+    """The names of the model's K outputs: the training manifest's class map (padded with
+    ``class_<i>`` for outputs no class uses), stored in every checkpoint of the run so
+    that ``predict`` and ``label`` name their answers. None, with a warning, when the map
+    cannot be read (the checkpoint is still written)."""
+    from frameexit.checkpoint import padded_class_names
+    from frameexit.errors import FrameExitError
+    from frameexit.manifests import load_manifest
+
+    manifest = cfg.data.manifest
+    try:
+        loaded = load_manifest(
+            manifest, storage_options=uri_options(cfg, manifest) or None,
+            allowed_prefixes=cfg.data.allowed_prefixes, allow_http=cfg.data.allow_http,
+        )  # fmt: skip
+        return padded_class_names(
+            loaded.class_names, cfg.model.num_classes, source=f"the class map of {manifest}"
+        )
+    except (FrameExitError, OSError, ValueError) as error:
+        log.warning(
+            "the checkpoints of this run will carry NO CLASS NAMES (%s); predict and label "
+            "will need --classes to name their answers", error,
+        )  # fmt: skip
+        return None
+
 
 def _scalars(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {f"final_{k}": v for k, v in (metrics or {}).items() if isinstance(v, int | float | str)}
-

@@ -6,7 +6,7 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,44 +133,59 @@ def resolve_class_names(
     num_classes: int,
     *,
     classes_uri: str | None = None,
+    checkpoint: str | None = None,
     checkpoint_manifest: str | None = None,
     input_names: Sequence[str] = (),
 ) -> list[str]:
-    """Class names for the model's K outputs: ``--classes``, else the class map beside the
-    manifest the model was trained on, else the input manifest's, else ``class_<i>``."""
+    """Class names for the model's K outputs, in this order: ``--classes``; the names the
+    checkpoint stores (training writes them); the class map beside the manifest the model
+    was trained on (checkpoints written before names were stored); the input manifest's
+    (a guess: warned); else ``class_<i>`` (warned loudly:
+    ``frameexit.checkpoint.placeholder_class_names``)."""
+    from frameexit.checkpoint import placeholder_class_names, read_checkpoint_class_names
     from frameexit.manifests import class_map_uri_for, read_class_names
 
-    candidates: list[Callable[[], list[str]]] = []
+    def options(uri: str) -> dict[str, Any] | None:
+        return options_for(uri, cfg.data.storage_options) or None
+
     if classes_uri:
-        candidates.append(
-            lambda: read_class_names(
-                classes_uri, storage_options=options_for(classes_uri, cfg.data.storage_options)
-            )
-        )
-    if checkpoint_manifest:
-        beside = class_map_uri_for(checkpoint_manifest)
-        candidates.append(
-            lambda: read_class_names(
-                beside, storage_options=options_for(beside, cfg.data.storage_options)
-            )
-        )
-    if input_names:
-        candidates.append(lambda: list(input_names))
-    for make in candidates:
-        try:
-            names = make()
-        except Exception as error:  # noqa: BLE001 - fall through to the next source
-            if make is candidates[0] and classes_uri:
-                raise
-            log.debug("class names not taken from a candidate: %s", error)
-            continue
-        if len(names) == num_classes:
-            return names
-        if classes_uri and make is candidates[0]:
+        names = read_class_names(classes_uri, storage_options=options(classes_uri))
+        if len(names) != num_classes:
             raise ConfigError(
                 "--classes", f"{classes_uri} has {len(names)} names, the model {num_classes}"
             )
-    return [f"class_{i}" for i in range(num_classes)]
+        return names
+    tried: list[str] = []
+    if checkpoint:
+        stored = read_checkpoint_class_names(checkpoint, storage_options=options(checkpoint))
+        if stored is not None:
+            return stored
+        tried.append(f"the checkpoint {checkpoint} stores none")
+    if checkpoint_manifest:
+        beside = class_map_uri_for(checkpoint_manifest)
+        try:
+            names = read_class_names(beside, storage_options=options(beside))
+        except Exception as error:  # noqa: BLE001 - said below, then the next source
+            tried.append(f"the training class map {beside} is unreadable ({error})")
+        else:
+            if len(names) == num_classes:
+                log.info("class names from the training class map %s", beside)
+                return names
+            tried.append(f"the training class map {beside} has {len(names)} names")
+    if input_names and len(input_names) == num_classes:
+        if checkpoint:
+            log.warning(
+                "class names GUESSED from the input manifest's class map (%s): they are "
+                "right only if the model was trained with the same classes in the same "
+                "order; pass --classes to be sure",
+                "; ".join(tried) or "the model has none",
+            )
+        return list(input_names)
+    if input_names:
+        tried.append(f"the input manifest names {len(input_names)} classes")
+    return placeholder_class_names(
+        num_classes, "; ".join(tried) or "the model has none and none was given", logger=log
+    )
 
 
 def prepare_job(
@@ -217,6 +232,7 @@ def prepare_job(
         cfg,
         cfg.model.num_classes,
         classes_uri=classes_uri,
+        checkpoint=checkpoint,
         checkpoint_manifest=cfg.data.manifest if checkpoint and cfg.data.manifest else None,
         input_names=inputs.class_names,
     )
