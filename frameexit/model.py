@@ -231,8 +231,9 @@ class FrameExit(nn.Module):
             gates = [ExitGate(dim, cfg.gate_hidden, first=True, multi_label=stats)]
             gates += [ExitGate(dim, cfg.gate_hidden, multi_label=stats) for _ in range(steps - 1)]
         self.gates = nn.ModuleList(gates)
-        # the operating point a checkpoint carried (frameexit.checkpoint sets it)
+        # what a checkpoint carried (frameexit.checkpoint sets them)
         self.operating_point: OperatingPoint | None = None
+        self.class_names: list[str] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -273,6 +274,13 @@ class FrameExit(nn.Module):
     def forward(self, frames: Tensor) -> FrameExitOutput:
         """All steps for a batch of videos: ``heads(frame_features(frames))``."""
         return self.heads(self.frame_features(frames))
+
+    def export_module(self) -> AllStepsModule:
+        """:meth:`forward` as ``frames → (logits [B, T, K], gate_probs [B, T])``, for
+        ``torch.export.export`` / ``torch.jit.trace`` (shares the weights and the mode:
+        ``eval()`` first). ``torch.jit.script`` of the model is not supported (backbone
+        spec, dataclass outputs, optional keyword inputs): export this module instead."""
+        return AllStepsModule(self)
 
     @property
     def gates_use_confidence(self) -> bool:
@@ -481,6 +489,19 @@ class FrameExit(nn.Module):
             step_scores=step_scores,
             step_logits=step_logits,
         )
+
+
+class AllStepsModule(nn.Module):
+    """:meth:`FrameExit.export_module`: ``frames → (logits, gate_probs)`` over all T steps."""
+
+    def __init__(self, model: FrameExit) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """``frames [B, T, 3, S, S]`` (or clips) → ``(logits [B, T, K], gate_probs [B, T])``."""
+        out = self.model(frames)
+        return out.logits, out.gate_probs
 
 
 def build_model(cfg: ModelConfig, *, backbone: nn.Module | None = None) -> FrameExit:
