@@ -34,7 +34,7 @@ class LabelInputs:
 
     videos: pa.Table
     bad: pa.Table
-    kind: str  # "manifest" | "listing"
+    kind: str  # "manifest" | "listing" | "video" (one file)
     class_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -80,6 +80,8 @@ def read_inputs(
 
     A directory/prefix is listed (every file, recursively, except names starting with
     ``.``, only ``suffixes`` if given, never anything under ``exclude_prefix`` — the output);
+    a single video file (:func:`is_video_file`: a video suffix, or a container's magic
+    bytes) is a listing of that one file (missing, it is one ``missing`` row);
     anything else is a manifest for :func:`frameexit.manifests.load_manifest`, whose bad
     rows become ``bad_manifest_row`` output rows so that every input yields one row.
     Video URIs are normalised (``absolute_uri``), so one file has one identity.
@@ -99,6 +101,9 @@ def read_inputs(
             files = [f for f in files if not f.startswith(exclude_prefix.rstrip("/") + "/")]
         nan = np.full(len(files), np.nan)
         return LabelInputs(_video_table(files, nan, nan), rows_to_table([]), "listing")
+    if is_video_file(uri, storage_options=options):
+        nan = np.full(1, np.nan)
+        return LabelInputs(_video_table([absolute_uri(uri)], nan, nan), rows_to_table([]), "video")
 
     loaded = load_manifest(
         uri,
@@ -133,6 +138,28 @@ def read_inputs(
             )
         )
     return LabelInputs(videos, rows_to_table(bad_rows), "manifest", list(loaded.class_names))
+
+
+def is_video_file(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``uri`` names one video rather than a manifest: a video file suffix
+    (``.mp4``, ``.mkv``, ``.webm``, ``.avi``, ``.mov``, ...; then it need not exist), or the
+    magic bytes of a video container (MP4/MOV, AVI, Matroska/WebM, MPEG-TS)."""
+    from frameexit.manifests.prepare import VIDEO_SUFFIXES
+    from frameexit.video.containers import sniff
+
+    if uri.lower().rsplit("/", 1)[-1].endswith(VIDEO_SUFFIXES):
+        return True
+    fs, path = url_to_fs(uri, dict(storage_options or {}))
+    try:
+        with fs.open(path, "rb") as handle:
+            head = handle.read(200)  # MPEG-TS: two sync bytes 188 apart
+    except (OSError, ValueError):
+        return False  # the manifest reader reports what is wrong with it
+
+    def read_at(offset: int, size: int) -> bytes:
+        return head[offset : offset + size]
+
+    return sniff(read_at) is not None
 
 
 def _seconds(table: Any, column: str) -> np.ndarray:
