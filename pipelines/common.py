@@ -87,6 +87,81 @@ def quiet_train_logs() -> None:
         named.setLevel(logging.WARNING)
 
 
+def config_argument(argv: Sequence[str]) -> str | None:
+    """The value of ``--config`` on a command line, read before argparse runs (``--help``
+    exits inside it)."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def resolved_config_help(command: str, argv: Sequence[str], default: str | None = None) -> str:
+    """``command``'s config fields for ``--help`` (:func:`frameexit.config.config_help`),
+    with the values this command line resolves to: the ``--config`` file (else
+    ``default``, the file the command reads without one) and the ``a.b=value``
+    overrides, credentials masked. Built-in defaults when neither is given or the file
+    does not load (said in the header)."""
+    from frameexit.config import config_help, config_to_dict, load_config, redacted
+    from frameexit.fields import flatten
+
+    text = config_help(command)
+    if not {"-h", "--help"} & set(argv):  # only --help shows it: no config read otherwise
+        return text
+    path = config_argument(argv) or default
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    if not path and not overrides:
+        return text
+    try:
+        values = flatten(config_to_dict(redacted(load_config(path, overrides))))
+    except Exception as error:  # noqa: BLE001 - help still prints, with the defaults
+        head, _, rest = text.partition("\n")
+        return (
+            f"{head}\n  (built-in defaults: {path} does not load: {error_message(error)})\n{rest}"
+        )
+    lines = text.split("\n")
+    source = " + ".join(
+        p for p in (path and os.path.basename(path), overrides and "overrides") if p
+    )
+    lines[0] = lines[0].replace("config fields", f"config fields, values of {source}", 1)
+    for i, line in enumerate(lines[1:], 1):
+        match = _HELP_LINE.match(line)
+        if match and match["key"] in values:
+            lines[i] = f"  {match['key']} = {values[match['key']]!r}{match['kind'] or ''}"
+    return "\n".join(lines)
+
+
+_HELP_LINE = re.compile(r"^  (?P<key>[\w.]+) = .*?(?P<kind>  \([^()]*(\([^()]*\))?[^()]*\))?$")
+
+
+def add_common_flags(parser: Any, *, print_config: bool = True) -> None:
+    """``--verbose`` and ``--print-config``: the flags every Ray entry point shares."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own logs on the console too (by default they go to the Ray session's "
+        "logs folder, named when Ray starts)",
+    )
+    if print_config:
+        parser.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the resolved config (YAML, credentials masked) and exit, "
+            "without starting Ray",
+        )
+
+
+def print_config(cfg: Config) -> dict[str, Any]:
+    """``--print-config``: the resolved config as YAML on stdout, credentials masked."""
+    from frameexit.config import config_yaml
+
+    print(config_yaml(cfg), end="", flush=True)
+    return {"printed_config": True}
+
+
 #: Exit codes of the entry points, for schedulers: 0 done, 1 finished but incomplete
 #: (rerun the same command: it resumes), 2 bad arguments, config, manifest or checkpoint
 #: (fix them first), 3 a runtime failure (infrastructure, storage: retrying may help),
@@ -204,13 +279,18 @@ def _ray_env() -> dict[str, str]:
 
 
 def _quiet_ray_kwargs() -> dict[str, Any]:
-    """Worker-side logging of a quiet run: errors only (frameexit's progress lines are
-    written to stdout, not logged, so they still reach the driver)."""
+    """``ray.init`` arguments of a quiet run: worker-side logging at errors only
+    (frameexit's progress lines are written to stdout, not logged, so they still reach
+    the driver) and the driver's ``ray`` logger at warnings ("Started a local Ray
+    instance" and the like stay off the console)."""
     import ray
 
     if verbose():
         return {}
-    return {"logging_config": ray.LoggingConfig(log_level="ERROR")}
+    return {
+        "logging_config": ray.LoggingConfig(log_level="ERROR"),
+        "logging_level": logging.WARNING,
+    }
 
 
 class RunPaths:
@@ -287,19 +367,68 @@ def unshared(value: Any) -> Any:
     return value
 
 
+def ray_target() -> tuple[str | None, str]:
+    """Where :func:`ensure_ray` connects, as ``ray.init()`` would: ``(address, why)``, or
+    ``(None, why)`` for a private local instance.
+
+    ``RAY_ADDRESS`` first (``local`` asks for a private instance), then the head that
+    ``ray start`` recorded on this machine (``{RAY_TMPDIR or /tmp}/ray/ray_current_cluster``)
+    when a Ray process still serves it — a stale record left by a head that is gone is
+    ignored, where ``ray.init()`` would fail on it.
+    """
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address == "local":
+        return None, "RAY_ADDRESS=local"
+    if address:
+        return address, "RAY_ADDRESS"
+    try:
+        from ray._private.services import find_bootstrap_address, find_gcs_addresses
+    except ImportError:  # another Ray layout: let ray.init() look for itself
+        return None, "no running cluster found"
+    recorded = find_bootstrap_address(None)
+    if not recorded:
+        return None, "no RAY_ADDRESS and no `ray start` head on this machine"
+    if _served(recorded, find_gcs_addresses()):
+        return recorded, "the head `ray start` runs on this machine"
+    return None, f"the head `ray start` recorded at {recorded} is not running"
+
+
+def _served(address: str, running: Any) -> bool:
+    """Whether a raylet on this machine serves the GCS at ``address``: the same port on
+    the same host, a loopback address and this node's IP counting as one host."""
+    from ray._private.services import get_node_ip_address, parse_address
+
+    def canonical(value: str) -> tuple[str, str] | None:
+        parsed = parse_address(value)
+        if parsed is None:
+            return None
+        host, port = parsed
+        if host in ("localhost", "127.0.0.1", "0.0.0.0", "::1"):
+            host = get_node_ip_address()
+        return host, str(port)
+
+    want = canonical(address)
+    return want is not None and any(canonical(a) == want for a in running)
+
+
 def ensure_ray(
     cfg: Config | None = None,
     *,
     object_store_mb: int | None = None,
     cpus_needed: float | None = None,
 ) -> None:
-    """Connect to Ray: the running cluster (``RAY_ADDRESS``, e.g. under ``ray job submit``)
-    or, when there is none, a local instance sized for ``cfg``.
+    """Connect to Ray as ``ray.init()`` would (:func:`ray_target`): the cluster of
+    ``RAY_ADDRESS`` (e.g. under ``ray job submit``), else the head ``ray start`` runs on
+    this machine, else a private local instance sized for ``cfg``. One log line says
+    which, and where Ray's own logs go.
 
     Locally we declare at least ``cpus_needed`` (default: training's
     ``num_workers × cpus_per_worker + decode_concurrency``) logical CPUs plus one: on a
     2-core machine two Train workers would otherwise leave nothing for the Ray Data
-    decode tasks and the run would hang (RAY_NOTES.md).
+    decode tasks and the run would hang.
+
+    Unless verbose, Ray's internal logging stays off the console
+    (:mod:`pipelines.console`): it goes to the session's logs folder.
     """
     import ray
 
@@ -309,14 +438,29 @@ def ensure_ray(
     if not verbose():
         from ray.data import DataContext
 
+        from pipelines.console import quiet_ray_data_console
+
         context = DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False  # "Starting execution" + plan per dataset
+        context.verbose_stats_logs = False
+        quiet_ray_data_console()
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True, **_quiet_ray_kwargs())
+    if not verbose():
+        from pipelines.console import quiet_console
+
+        quiet_console()
+    address, why = ray_target()
+    common: dict[str, Any] = {
+        "runtime_env": {"env_vars": env},
+        "log_to_driver": True,  # the workers' [frameexit] lines; the rest is filtered
+        **_quiet_ray_kwargs(),
+    }
+    if address is not None:
+        ray.init(address=address, **common)
         install_secret_filter()  # ray.init adds handlers of its own
+        log.info("Ray: joined the cluster at %s (%s)%s", address, why, _logs_note())
         return
     need = 2.0 if cpus_needed is None else cpus_needed
     if cfg is not None and cpus_needed is None:
@@ -325,13 +469,23 @@ def ensure_ray(
     kwargs: dict[str, Any] = {}
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024**2
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        runtime_env={"env_vars": env},
-        log_to_driver=True,
-        **_quiet_ray_kwargs(),
-        **kwargs,
-    )
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common, **kwargs)
     install_secret_filter()
+    log.info(
+        "Ray: started a private instance on this machine, %d CPUs (%s; set RAY_ADDRESS "
+        "to join a cluster)%s",
+        num_cpus,
+        why,
+        _logs_note(),
+    )
+
+
+def _logs_note() -> str:
+    """Where Ray's own log lines went, for the connect line; opens the hidden-lines file."""
+    from pipelines.console import hidden_to, ray_logs_folder
+
+    folder = ray_logs_folder()
+    if verbose():
+        return f"; Ray's logs: {folder}" if folder else ""
+    path = hidden_to(folder)
+    return f"; Ray's own log lines: {path} (--verbose shows them here)" if path else ""
