@@ -9,11 +9,15 @@
     frameexit prepare  train=a.csv val=b.csv --output m.parquet    frameexit.manifests.prepare
     frameexit check    --manifest M --output O                     pipelines/check.py
     frameexit convert-checkpoint --dataset D --input X --output Y  frameexit/official.py
+    frameexit predict  VIDEO_OR_DIR... --checkpoint M              frameexit/predict.py
+    frameexit --version
 
 Each subcommand is the same code as its script (``python pipelines/train.py ...`` and
 ``ray job submit -- python pipelines/train.py ...`` keep working), with the same
 ``--config`` / ``a.b=value`` overrides and ``--help`` (which lists the config fields
-that matter for it). Exit codes, for schedulers: 0 done, 1 finished but incomplete
+that matter for it, with the values of ``--config FILE`` when one is given);
+``--print-config`` prints the resolved config (credentials masked) without starting Ray,
+and ``--verbose`` brings Ray's own logs back to the console. Exit codes, for schedulers: 0 done, 1 finished but incomplete
 (rerun: it resumes), 2 bad arguments/config/manifest/checkpoint, 3 runtime failure
 (infrastructure or storage: retrying may help), 130 interrupted.
 
@@ -69,6 +73,12 @@ def _convert() -> Callable[[list[str]], Any]:
     return official.main
 
 
+def _predict() -> Callable[[list[str]], Any]:
+    from frameexit.predict import main as predict_main
+
+    return predict_main
+
+
 COMMANDS: dict[str, tuple[Callable[[], Callable[[list[str]], Any]], str]] = {
     "train": (_train, "train FrameExit on Ray: stage 1 (DDP), feature cache, stage 2, evaluation"),
     "label": (_label, "label a video corpus with early exit (exactly one row per input)"),
@@ -77,16 +87,36 @@ COMMANDS: dict[str, tuple[Callable[[], Callable[[list[str]], Any]], str]] = {
     "prepare": (_prepare, "annotation files / a video bucket -> one checked, canonical manifest"),
     "check": (_check, "open every video of a manifest; write what is usable and why not"),
     "convert-checkpoint": (_convert, "the authors' released checkpoints -> frameexit format"),
+    "predict": (_predict, "what is in these videos: label, score, exit step (in process, no Ray)"),
 }
+
+
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("frameexit")
+    except PackageNotFoundError:
+        import frameexit
+
+        return str(frameexit.__version__)
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: frameexit COMMAND [options] [a.b=value ...]", "", "commands:"]
+    lines = [
+        "usage: frameexit [--version] COMMAND [options] [a.b=value ...]",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     lines += [
         "",
-        "frameexit COMMAND --help shows a command's options and the config fields it reads.",
+        "frameexit COMMAND --help shows a command's options and the config fields it reads",
+        "(with --config FILE: that file's values); --print-config shows the resolved config,",
+        "--verbose Ray's own logs.",
         "exit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/config, "
         "3 runtime failure, 130 interrupted",
     ]
@@ -101,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else EXIT_CONFIG
+    if args[0] in ("-V", "--version", "version"):
+        print(f"frameexit {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"frameexit: unknown command {name!r}\n\n{usage()}", file=sys.stderr)

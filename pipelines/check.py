@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # `python pipelines/check.py`: make the repositor
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from frameexit.config import Config, config_help, load_config  # noqa: E402
+from frameexit.config import Config, load_config  # noqa: E402
 from frameexit.errors import VideoDecodeError  # noqa: E402
 from frameexit.storage import (  # noqa: E402
     absolute_uri,
@@ -52,7 +52,16 @@ from frameexit.storage import (  # noqa: E402
     write_parquet,
     write_text,
 )
-from pipelines.common import ensure_ray, run_command, setup_logging, shared, unshared  # noqa: E402
+from pipelines.common import (  # noqa: E402
+    add_common_flags,
+    ensure_ray,
+    print_config,
+    resolved_config_help,
+    run_command,
+    setup_logging,
+    shared,
+    unshared,
+)
 
 log = logging.getLogger("frameexit.pipelines.check")
 
@@ -283,21 +292,26 @@ def _write_outputs(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    line = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
+        prog="frameexit check",
         description=__doc__.split("\n")[0],
-        epilog=config_help("check")
+        epilog=resolved_config_help("check", line)
         + "\nexit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/manifest, "
         "3 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--manifest", required=True, help="manifest URI (any format)")
-    parser.add_argument("--output", required=True, help="output folder URI")
+    required = "--print-config" not in line
+    parser.add_argument("--manifest", required=required, help="manifest URI (any format)")
+    parser.add_argument("--output", required=required, help="output folder URI")
     parser.add_argument("--config", help="YAML config (data.*: storage options, decoding)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--verbose", action="store_true", help="Ray's own logs too")
+    add_common_flags(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
     setup_logging(verbose_console=args.verbose)
+    if args.print_config:
+        return print_config(load_config(args.config, args.overrides))
     summary = run_check(
         args.manifest,
         args.output,

@@ -350,19 +350,29 @@ def model_from(uri: str, options: dict[str, Any]) -> torch.nn.Module:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python pipelines/evaluate.py --checkpoint X --split test --views 3 [a.b=value]``."""
     import argparse
+    import sys
 
-    from frameexit.config import config_help, load_config
+    from frameexit.config import load_config
     from frameexit.storage import absolute_uri, join_uri, parent_uri
-    from pipelines.common import setup_logging
+    from pipelines.common import (
+        add_common_flags,
+        print_config,
+        resolved_config_help,
+        setup_logging,
+    )
     from pipelines.report import format_metrics
 
+    line = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
+        prog="frameexit evaluate",
         description="Evaluate a FrameExit checkpoint on a split of a manifest (decodes it)",
-        epilog=config_help("evaluate")
+        epilog=resolved_config_help("evaluate", line)
         + "\nexit codes: 0 done, 2 bad arguments/config/checkpoint, 3 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint URI")
+    parser.add_argument(
+        "--checkpoint", required="--print-config" not in line, help="model checkpoint URI"
+    )
     parser.add_argument("--config", help="YAML config (data.*: manifest, storage options)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--views", type=int, default=1, help="spatial crops per video")
@@ -373,9 +383,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "the checkpoint's operating point",
     )
     parser.add_argument("--output", help="output folder (default: beside the checkpoint)")
+    add_common_flags(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(verbose_console=args.verbose)
+    if args.print_config:
+        return print_config(load_config(args.config, args.overrides))
     checkpoint = absolute_uri(args.checkpoint)
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.manifest:

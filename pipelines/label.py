@@ -55,8 +55,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/label.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frameexit.config import config_help, fields_with  # noqa: E402
-from pipelines.common import run_command, setup_logging  # noqa: E402
+from frameexit.config import fields_with  # noqa: E402
+from pipelines.common import (  # noqa: E402
+    add_common_flags,
+    print_config,
+    resolved_config_help,
+    run_command,
+    setup_logging,
+)
 from pipelines.labeling import format_summary, run_labeling  # noqa: E402
 
 log = logging.getLogger("frameexit.label")
@@ -64,15 +70,17 @@ log = logging.getLogger("frameexit.label")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="frameexit label",
         description=__doc__.split("\n")[0],
-        epilog=config_help("label")
+        epilog=resolved_config_help("label", sys.argv[1:] if argv is None else argv)
         + f"\n  {', '.join(fields_with('checkpoint_override'))} (may change with --checkpoint)"
         + "\nexit codes: 0 done, 1 incomplete (rerun to resume), 2 bad arguments/config, "
         "3 runtime failure",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--input", required=True, help="manifest URI, or a directory/prefix")
-    parser.add_argument("--output", required=True, help="output directory URI (Parquet parts)")
+    required = not {"--print-config"} & set(sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--input", required=required, help="manifest URI, or a directory/prefix")
+    parser.add_argument("--output", required=required, help="output directory URI (Parquet parts)")
     parser.add_argument("--checkpoint", help="model checkpoint URI (default: random init)")
     parser.add_argument(
         "--config", help="YAML config (label.*, data.*; model.* without a checkpoint)"
@@ -108,9 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--decode-threads", type=int, help="decode threads per actor")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--verbose", action="store_true", help="Ray's own progress bars and worker logs too"
-    )
+    add_common_flags(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return parser.parse_args(argv)
 
@@ -127,6 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.append(f"label.calibration_videos={args.calibrate}")
     if args.max_disagreement is not None:
         overrides.append(f"exit.max_disagreement={args.max_disagreement}")
+    if args.print_config:
+        from frameexit.config import load_config
+
+        return print_config(load_config(args.config, overrides))
     summary = _run(args, overrides)
     print(format_summary(summary), flush=True)
     return summary

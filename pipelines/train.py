@@ -33,9 +33,16 @@ import argparse
 import logging
 import sys
 
-from frameexit.config import Config, config_help, load_config
+from frameexit.config import Config, load_config
 from frameexit.storage import exists
-from pipelines.common import RunPaths, run_command, setup_logging
+from pipelines.common import (
+    RunPaths,
+    add_common_flags,
+    print_config,
+    resolved_config_help,
+    run_command,
+    setup_logging,
+)
 from pipelines.defaults import DEFAULT_CONFIG, ROOT, default_corpus
 from pipelines.pipeline import run_pipeline
 from pipelines.report import format_metrics
@@ -51,10 +58,14 @@ def fresh_name(cfg: Config) -> None:
         cfg.train.name = f"{base}-{index}"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """``frameexit train``'s command line (``--help`` lists the config fields with the
+    values of ``--config`` and the overrides, or of the default config)."""
+    line = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
+        prog="frameexit train",
         description=__doc__.split("\n")[0],
-        epilog=config_help("train")
+        epilog=resolved_config_help("train", line, str(DEFAULT_CONFIG))
         + "\nexit codes: 0 done, 2 bad arguments/config/manifest, 3 runtime failure "
         "(rerun with --resume)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -63,13 +74,17 @@ def main(argv: list[str] | None = None) -> dict:
         "--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(ROOT)})"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run train.name")
-    parser.add_argument(
-        "--verbose", action="store_true", help="Ray's own progress bars and worker logs too"
-    )
+    add_common_flags(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     setup_logging(verbose_console=args.verbose)
     cfg = load_config(args.config or str(DEFAULT_CONFIG), args.overrides)
+    if args.print_config:
+        return print_config(cfg)
     if not cfg.data.manifest:
         cfg.data.manifest = default_corpus(cfg)
     if not args.resume:

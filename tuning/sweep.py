@@ -44,7 +44,20 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """``frameexit sweep``'s command line (``--help`` lists the sweep's and training's
+    config fields with the values this command line resolves to)."""
+    from pipelines.common import add_common_flags
+    from pipelines.defaults import DEFAULT_CONFIG
+
+    line = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="frameexit sweep",
+        description=__doc__.split("\n\n")[0],
+        epilog=_fields_help(line, str(DEFAULT_CONFIG))
+        + "\nexit codes: 0 done, 2 bad arguments/config, 3 runtime failure "
+        "(rerun with --resume)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="YAML config (default: configs/synthetic.yaml)")
     parser.add_argument("--num-steps", nargs="+", help="T values (sweep.num_steps)")
     parser.add_argument("--betas", nargs="+", help="β values (sweep.betas)")
@@ -54,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, help="Optuna trials (sweep.num_samples)")
     parser.add_argument("--storage", help="sweep storage URI (sweep.storage)")
     parser.add_argument("--resume", action="store_true", help="restore the Tune experiments")
+    add_common_flags(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
     # A list option swallows the key=value overrides that follow it: hand them back.
@@ -65,14 +79,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def _fields_help(argv: list[str], default: str) -> str:
+    """The ``sweep.*`` fields, then the training fields every trial reads."""
+    import dataclasses
+
+    from frameexit.config import load_config
+    from pipelines.common import config_argument, resolved_config_help
+    from tuning.spec import SweepSpec
+
+    train = resolved_config_help("train", argv, default)
+    if not {"-h", "--help"} & set(argv):
+        return train
+    try:
+        overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+        cfg = load_config(config_argument(argv) or default, overrides)
+    except Exception:  # noqa: BLE001 - the train part says why
+        from frameexit.config import Config
+
+        cfg = Config()
+    try:
+        spec = SweepSpec.from_config(cfg)
+    except Exception:  # noqa: BLE001 - a bad sweep.* value: show the defaults
+        spec = SweepSpec()
+    lines = ["sweep fields (set with --config FILE.yaml or sweep.x=value):"]
+    lines += [
+        f"  sweep.{f.name} = {getattr(spec, f.name)!r}  ({f.type})"
+        for f in dataclasses.fields(spec)
+    ]
+    return "\n".join(lines) + "\n" + train.replace("config fields", "training fields", 1)
+
+
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from frameexit.config import load_config
-    from pipelines.common import setup_logging
+    from pipelines.common import print_config, setup_logging
     from pipelines.defaults import DEFAULT_CONFIG
     from tuning.driver import run_sweep
 
-    setup_logging()
+    setup_logging(verbose_console=args.verbose)
     flags = {
         "num_steps": args.num_steps,
         "betas": args.betas,
@@ -84,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     overrides = [f"sweep.{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
     cfg = load_config(args.config or str(DEFAULT_CONFIG), [*args.overrides, *overrides])
+    if args.print_config:
+        from tuning.spec import SweepSpec
+
+        SweepSpec.from_config(cfg)  # a bad sweep.* value fails here, naming the field
+        return print_config(cfg)
     result = run_sweep(cfg, resume=args.resume)
     columns = ["source", "num_steps", "beta", "threshold", "accuracy", "gflops", "status"]
     trials = result.points[result.points["source"] == "beta"]
@@ -96,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{s['failed_trials']} failed trials; wall {s['wall_seconds']:.0f} s "
         f"(stage 1 + cache {s['phase1_share']:.0%}, stage-2 trials {s['phase2_share']:.0%})"
     )
-    return 0
+    return dict(s)
 
 
 def _yaml(value) -> str:
@@ -106,4 +155,6 @@ def _yaml(value) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.common import run_command
+
+    sys.exit(run_command(main, sys.argv[1:]))
