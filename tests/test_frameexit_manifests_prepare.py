@@ -8,6 +8,7 @@ manifest is decoded by the training ingestion unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from frameexit.config import config_from_dict
-from frameexit.errors import ConfigError
+from frameexit.errors import ConfigError, ManifestError
 from frameexit.manifests import load_manifest, read_class_names
 from frameexit.manifests.prepare import (
     folder_corpus,
@@ -246,3 +247,124 @@ def test_prepare_takes_credentials_from_config_overrides_or_environment(
     out = f"{bucket}/env/manifest.parquet"
     assert run_command(prepare_main, [f"{bucket}/corpus", "--output", out]) == 0
     assert fs.exists(f"{out[5:]}")
+
+
+# --- dead ends: videos under another name, a header of another format, warnings -------
+
+
+def _kinetics_videos_by_id(tmp_path: Path) -> tuple[Path, Path, pd.DataFrame]:
+    """kinetics400_train.csv and its videos downloaded as ``{youtube_id}.mp4`` (full
+    videos, as youtube-dl names them), in a folder of their own."""
+    csv = tmp_path / "k400" / "train.csv"
+    csv.parent.mkdir(parents=True)
+    shutil.copy(DATA / "kinetics400_train.csv", csv)
+    table = load_manifest(str(csv), save_class_map=False, duplicates="keep").table
+    videos = tmp_path / "k400" / "videos"
+    _clips(videos / f"{youtube_id}.mp4" for youtube_id in table["youtube_id"])
+    return csv, videos, table
+
+
+def test_videos_named_by_id_fail_with_both_reports_and_the_uri_pattern_that_fits(tmp_path):
+    csv, videos, table = _kinetics_videos_by_id(tmp_path)
+    out = tmp_path / "out" / "manifest.parquet"
+    argv = [str(csv), "--video-root", str(videos), "--output", str(out)]
+    assert run_command(prepare_main, argv) == 2  # no usable row
+    assert not out.exists()
+    missing = pd.read_parquet(out.parent / "prepare_missing_videos.parquet")
+    # every row after duplicates are dropped (a duplicate is counted, not a missing video)
+    assert len(missing) == len(table) - report_duplicates(out) and len(missing)
+    assert set(missing["source"]) == {str(csv)}
+    bad = pd.read_parquet(out.parent / "prepare_bad_rows.parquet")
+    assert len(bad) >= 1  # the fixture's unparsable rows, reported even so
+    report = json.loads((out.parent / "prepare_report.json").read_text())
+    hint = report["uri_pattern_hints"][str(csv)]
+    assert f"{len(table)} of its {len(table)} rows" in hint
+    assert "--uri-pattern '{root}/{youtube_id}.mp4'" in hint
+    with pytest.raises(ManifestError, match=r"\{root\}/\{youtube_id\}\.mp4"):
+        prepare_manifest([str(csv)], str(out), video_root=str(videos))
+    # the hinted pattern works: full videos, the clip's times become the segment
+    fixed = [*argv, "--uri-pattern", "{root}/{youtube_id}.mp4"]
+    assert run_command(prepare_main, fixed) == 0
+    manifest = pd.read_parquet(out)
+    assert set(manifest["youtube_id"]) == set(table["youtube_id"])
+    assert manifest["start"].notna().all()
+    assert len(pd.read_parquet(out.parent / "prepare_missing_videos.parquet")) == 0
+
+
+def report_duplicates(manifest: Path) -> int:
+    return json.loads((manifest.parent / "prepare_report.json").read_text())["duplicates"]
+
+
+def test_class_folder_layouts_and_other_containers_are_hinted(tmp_path):
+    csv = tmp_path / "train.csv"
+    shutil.copy(DATA / "kinetics400_train.csv", csv)
+    table = load_manifest(str(csv), save_class_map=False).table
+    videos = tmp_path / "videos"
+    for row in table.itertuples():
+        name = f"{row.youtube_id}_{int(row.time_start):06d}_{int(row.time_end):06d}.mkv"
+        path = videos / row.labels[0] / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x1aE\xdf\xa3")  # listed, never opened
+    with pytest.raises(ManifestError) as error:
+        prepare_manifest([str(csv)], str(tmp_path / "m.parquet"), video_root=str(videos))
+    assert "'{root}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mkv'" in str(error.value)
+
+
+def test_activitynet_videos_without_the_v_prefix_are_hinted(tmp_path):
+    source = DATA / "activitynet_v1-3.json"
+    table = load_manifest(str(source), save_class_map=False, video_root=str(tmp_path)).table
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for uri in table["video"]:
+        (videos / Path(uri).name.removeprefix("v_")).write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"--uri-pattern '\{root\}/\{id\}\.mp4'"):
+        prepare_manifest([str(source)], str(tmp_path / "m.parquet"), video_root=str(videos))
+
+
+def test_both_reports_are_written_when_nothing_is_left_out(tmp_path):
+    csv, videos, table = _kinetics_videos_by_id(tmp_path)
+    clean = csv.parent / "clean.csv"
+    good = [line for line in csv.read_text().splitlines() if ",x," not in line]
+    lines = [good[0], *(f"abseiling,{y},0,10,train,0" for y in table["youtube_id"])]
+    clean.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out" / "manifest.parquet"
+    prepare_manifest([str(clean)], str(out), video_root=str(videos),
+                     uri_pattern="{root}/{youtube_id}.mp4")  # fmt: skip
+    assert len(pd.read_parquet(out.parent / "prepare_bad_rows.parquet")) == 0
+    assert len(pd.read_parquet(out.parent / "prepare_missing_videos.parquet")) == 0
+
+
+def test_a_header_of_another_format_is_refused_naming_both(tmp_path, caplog):
+    hvu, kinetics = DATA / "HVU_Train_V1.0.csv", DATA / "kinetics400_train.csv"
+    out = tmp_path / "m.parquet"
+    with pytest.raises(ManifestError) as error:
+        prepare_manifest([str(hvu)], str(out), fmt="kinetics", check_videos=False)
+    message = str(error.value)
+    assert "label,youtube_id,time_start,time_end" in message  # expected
+    assert "Tags,youtube_id,time_start,time_end" in message  # found
+    assert "--format hvu" in message
+    with pytest.raises(ManifestError, match="expected columns Tags,youtube_id"):
+        prepare_manifest([str(kinetics)], str(out), fmt="hvu", check_videos=False)
+    with pytest.raises(ManifestError, match="does not fit format 'activitynet'"):
+        prepare_manifest([str(kinetics)], str(out), fmt="activitynet", check_videos=False)
+    argv = [str(hvu), "--format", "kinetics", "--no-check-videos", "--output", str(out)]
+    assert run_command(prepare_main, argv) == 2
+    assert not out.exists()
+    # a Kinetics test list without labels still reads as Kinetics
+    assert prepare_manifest([str(DATA / "kinetics400_test.csv")], str(out), fmt="kinetics",
+                            check_videos=False).rows_per_split == {"test": 2}  # fmt: skip
+
+
+def test_each_bad_row_is_warned_about_once(tmp_path, caplog):
+    csv, videos, _ = _kinetics_videos_by_id(tmp_path)
+    bad = load_manifest(str(csv), save_class_map=False).bad_rows
+    assert len(bad)
+    first_reason = str(bad.iloc[0]["reason"])
+    out = tmp_path / "out" / "manifest.parquet"
+    caplog.clear()  # the direct loads above warn on their own
+    with caplog.at_level(logging.INFO, logger="frameexit"):
+        prepare_manifest([str(csv)], str(out), video_root=str(videos),
+                         uri_pattern="{root}/{youtube_id}.mp4")  # fmt: skip
+    mentions = [r for r in caplog.records if first_reason in r.getMessage()]
+    assert len(mentions) == 1, [r.getMessage() for r in mentions]
+    assert "prepare_bad_rows.parquet" in mentions[0].getMessage()

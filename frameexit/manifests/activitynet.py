@@ -40,12 +40,22 @@ def read_activitynet(source: Source, bad: list[dict[str, Any]]) -> list[Row]:
                 out[key] = value
         return out
 
+    expected = 'JSON {"database": {video_id: {"subset", "annotations", ...}}}'
     try:
         data = json.loads(text, object_pairs_hook=keep_first)
     except json.JSONDecodeError as error:
-        raise ManifestError(uri, f"invalid JSON ({error.msg})", line=error.lineno) from error
+        first = text.lstrip()[:80].splitlines()[0] if text.strip() else ""
+        raise ManifestError(
+            uri,
+            f"does not fit format 'activitynet': expected {expected}, found {first!r}, "
+            f"which is not JSON ({error.msg})",
+            line=error.lineno,
+        ) from error
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
-        raise ManifestError(uri, "not an ActivityNet file (no 'database' object)")
+        found = f"keys {sorted(data)[:8]}" if isinstance(data, dict) else type(data).__name__
+        raise ManifestError(
+            uri, f"does not fit format 'activitynet': expected {expected}, found {found}"
+        )
     database = data["database"]
     key_lines = _json_key_lines(text)
     rows: list[Row] = []

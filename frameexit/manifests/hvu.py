@@ -24,4 +24,7 @@ def read_hvu(source: Source, bad: list[dict[str, Any]]) -> list[Row]:
         return names
 
     required = ("tags", "youtube_id", "time_start", "time_end")
-    return read_clip_csv(source, bad, required=required, label_column="tags", labels=labels)
+    return read_clip_csv(
+        source, bad, required=required, label_column="tags", labels=labels, fmt="hvu",
+        expected="Tags,youtube_id,time_start,time_end", foreign={"label": "kinetics"},
+    )  # fmt: skip

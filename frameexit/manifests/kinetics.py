@@ -10,13 +10,15 @@ pre-trimmed, so ``start``/``end`` stay null and the YouTube times are kept in th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from frameexit.errors import ManifestError
 from frameexit.manifests.parsing import (
     BadRow,
     Source,
     as_int_if_integral,
+    csv_records,
     csv_rows,
     format_uri,
     normalize_split,
@@ -40,7 +42,10 @@ def read_kinetics(source: Source, bad: list[dict[str, Any]]) -> list[Row]:
         return [label]
 
     required = ("youtube_id", "time_start", "time_end")
-    return read_clip_csv(source, bad, required=required, label_column="label", labels=labels)
+    return read_clip_csv(
+        source, bad, required=required, label_column="label", labels=labels, fmt="kinetics",
+        expected="label,youtube_id,time_start,time_end[,split]", foreign={"tags": "hvu"},
+    )  # fmt: skip
 
 
 def read_clip_csv(
@@ -50,9 +55,17 @@ def read_clip_csv(
     required: Sequence[str],
     label_column: str,
     labels: Callable[[dict[str, str]], list[str]],
+    fmt: str,
+    expected: str,
+    foreign: Mapping[str, str],
 ) -> list[Row]:
     """Rows of a CSV of YouTube clips (``youtube_id``, ``time_start``, ``time_end``, an
-    optional ``split``); ``labels(record)`` reads the labels from ``label_column``."""
+    optional ``split``); ``labels(record)`` reads the labels from ``label_column``.
+    A header that does not fit format ``fmt`` (a ``required`` column missing, or a
+    ``foreign`` column that marks another format) fails the file, naming the expected
+    (``expected``) and found columns: read as the wrong format, every row would parse
+    with no label."""
+    check_header(source, fmt, required, expected, foreign)
     known = {label_column, "youtube_id", "time_start", "time_end", "split"}
 
     def parse(record: dict[str, str], original: dict[str, str], line: int, raw: str) -> Row:
@@ -83,3 +96,30 @@ def read_clip_csv(
         )
 
     return csv_rows(source.uri, source.text(), required, parse, bad)
+
+
+def check_header(
+    source: Source,
+    fmt: str,
+    required: Sequence[str],
+    expected: str,
+    foreign: Mapping[str, str],
+) -> None:
+    """Refuse a CSV whose header is not format ``fmt``'s (see :func:`read_clip_csv`)."""
+    header, _ = csv_records(source.uri, source.text())
+    lower = {column.lower() for column in header}
+    missing = [name for name in required if name not in lower]
+    other = sorted({foreign[c] for c in lower if c in foreign})
+    if not missing and not other:
+        return
+    why = f"missing column(s) {missing}" if missing else ""
+    if other:
+        marks = [c for c in header if c.lower() in foreign]
+        why += ("; " if why else "") + f"{marks} mark(s) a {' / '.join(other)} file"
+    hint = f" (--format {other[0]})" if other else ""
+    raise ManifestError(
+        source.uri,
+        f"the header does not fit format {fmt!r}: expected columns {expected}, found "
+        f"{','.join(header)} — {why}{hint}",
+        line=1,
+    )

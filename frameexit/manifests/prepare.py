@@ -14,7 +14,10 @@ manifest: ``frameexit prepare``.
         │ duplicates across files reported; annotation rows whose video is not in the
         │ video root(s) reported (one listing per root, not a request per video)
         ▼
-    manifest.parquet + classes.json beside it + prepare_report.json (+ bad/missing rows)
+    manifest.parquet + classes.json beside it + prepare_report.json
+    + prepare_bad_rows.parquet + prepare_missing_videos.parquet (always, even when empty
+      or when no row is usable; an input none of whose videos is found gets the
+      --uri-pattern that finds them in the report and the error: ``suggest_uri_pattern``)
 
 Splits: an input may name its split (``train=path``); otherwise a file's own ``split`` /
 ``subset`` column, or its name (``..._val.csv``), decides. Training on segment rows
@@ -34,6 +37,12 @@ import pandas as pd
 
 from frameexit.errors import ConfigError, ManifestError
 from frameexit.manifests.classmap import CLASS_MAP_NAME, write_class_names
+from frameexit.manifests.layouts import (
+    HINT_PATTERNS,
+    VIDEO_SUFFIXES,
+    quiet_readers,
+    suggest_uri_pattern,
+)
 from frameexit.manifests.loader import load_manifest
 from frameexit.manifests.parsing import BadRow, bad_record, normalize_split, parse_segment
 from frameexit.manifests.schema import write_manifest
@@ -50,7 +59,6 @@ from frameexit.storage import (
 
 log = logging.getLogger("frameexit.manifests")
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".ts", ".mpg", ".mpeg")
 LEVELS = ("segment", "video")
 
 
@@ -64,6 +72,8 @@ class PrepareReport:
     bad_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
     missing_videos: pd.DataFrame = field(default_factory=pd.DataFrame)
     duplicates: int = 0
+    #: per input none of whose videos was found: the ``--uri-pattern`` that finds most
+    uri_pattern_hints: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-safe summary (what ``prepare_report.json`` holds)."""
@@ -74,6 +84,7 @@ class PrepareReport:
             "bad_rows": int(len(self.bad_rows)),
             "missing_videos": int(len(self.missing_videos)),
             "duplicates": int(self.duplicates),
+            "uri_pattern_hints": dict(self.uri_pattern_hints),
         }
 
 
@@ -136,42 +147,51 @@ def prepare_manifest(
     options = dict(storage_options or {})
     confine = {"allowed_prefixes": allowed_prefixes, "allow_http": allow_http}
     sources = [parse_input(text) for text in inputs]
-    frames, bads = [], []
-    # pass 1: every label of every input, for one class map
-    loaded = []
-    for uri, split in sources:
-        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, None, **confine)
-        loaded.append((uri, split))
-        frames.append(frame)
-        bads.append(bad)
+    # pass 1: every label of every input, for one class map (quiet: pass 2 reads the
+    # same files and says what is wrong with them once)
+    frames = []
+    with quiet_readers(everything=True):
+        for uri, split in sources:
+            frame, _, _ = _read(uri, split, fmt, video_root, uri_pattern, options, None, **confine)
+            frames.append(frame)
     names = sorted({label for frame in frames for labels in frame["labels"] for label in labels})
     # pass 2: label ids from the shared map
-    frames, bads = [], []
-    for uri, split in loaded:
-        frame, bad = _read(uri, split, fmt, video_root, uri_pattern, options, names, **confine)
-        frames.append(frame.assign(source=uri))
-        bads.append(bad.assign(source=uri))
+    frames, bads, formats = [], [], {}
+    with quiet_readers(everything=False):
+        for uri, split in sources:
+            frame, bad, formats[uri] = _read(
+                uri, split, fmt, video_root, uri_pattern, options, names, **confine
+            )
+            frames.append(frame.assign(source=uri))
+            bads.append(bad.assign(source=uri))
     table = pd.concat(frames, ignore_index=True)
     if level == "segment":
         table, bad_segments = _explode_segments(table, names)
         bads.append(bad_segments)
-    bad_rows = pd.concat(bads, ignore_index=True) if bads else pd.DataFrame()
+    bad_rows = pd.concat(bads, ignore_index=True)
     table, duplicates = _drop_duplicates(table)
     if level == "video":
         table = _merge_segments(table, names)
     missing = pd.DataFrame(columns=["video", "split", "source"])
+    hints: dict[str, str] = {}
     if check_videos:
         present = _listed_videos(table, video_root, options)
         known = table["video"].map(absolute_uri).isin(present)
         missing = table.loc[~known, ["video", "split", "source"]].reset_index(drop=True)
         table = table[known].reset_index(drop=True)
-    if table.empty:
-        raise ManifestError(output, "no usable row: every annotation was bad or has no video")
+        for uri, split in sources:
+            if (
+                formats[uri] in HINT_PATTERNS
+                and (missing["source"] == uri).any()
+                and not (table["source"] == uri).any()
+            ):
+                hint = suggest_uri_pattern(uri, split, formats[uri], video_root, options, **confine)
+                if hint:
+                    hints[uri] = hint
     out = absolute_uri(output)
-    write_manifest(table.drop(columns=["source"]), out, storage_options=options or None)
-    write_class_names(names, join_uri(parent_uri(out), CLASS_MAP_NAME), storage_options=options)
+    folder = parent_uri(out)
     report = PrepareReport(
-        manifest=out,
+        manifest=out if not table.empty else "",
         classes=names,
         rows_per_split={
             str(k): int(v) for k, v in table["split"].value_counts().sort_index().items()
@@ -179,17 +199,48 @@ def prepare_manifest(
         bad_rows=bad_rows,
         missing_videos=missing,
         duplicates=duplicates,
+        uri_pattern_hints=hints,
     )
-    folder = parent_uri(out)
+    _write_reports(report, folder, options)
+    _warn_once(report, folder, hints=not table.empty)  # else the error states them
+    if table.empty:
+        why = "every annotation was bad or has no video"
+        if hints:
+            why += "; " + "; ".join(f"{uri}: {hint}" for uri, hint in hints.items())
+        raise ManifestError(output, f"no usable row: {why} (reports in {folder})")
+    write_manifest(table.drop(columns=["source"]), out, storage_options=options or None)
+    write_class_names(names, join_uri(folder, CLASS_MAP_NAME), storage_options=options)
+    return report
+
+
+BAD_REPORT = "prepare_bad_rows.parquet"
+MISSING_REPORT = "prepare_missing_videos.parquet"
+
+
+def _write_reports(report: PrepareReport, folder: str, options: dict[str, Any]) -> None:
+    """``prepare_report.json`` and both row reports, always (empty when nothing was left
+    out), so a user finds them where ``--help`` says, whatever happened."""
     write_text(join_uri(folder, "prepare_report.json"), json.dumps(report.summary(), indent=1),
                storage_options=options)  # fmt: skip
-    if len(bad_rows):
-        write_parquet(join_uri(folder, "prepare_bad_rows.parquet"), bad_rows.astype(str),
-                      storage_options=options)  # fmt: skip
-    if len(missing):
-        write_parquet(join_uri(folder, "prepare_missing_videos.parquet"), missing.astype(str),
-                      storage_options=options)  # fmt: skip
-    return report
+    bad = report.bad_rows.reindex(columns=["line", "reason", "raw", "source"])
+    missing = report.missing_videos.reindex(columns=["video", "split", "source"])
+    for name, frame in ((BAD_REPORT, bad), (MISSING_REPORT, missing)):
+        write_parquet(join_uri(folder, name), frame.astype(str), storage_options=options)
+
+
+def _warn_once(report: PrepareReport, folder: str, *, hints: bool) -> None:
+    """One warning per input with bad rows, one for missing videos, one per hint."""
+    bad = report.bad_rows
+    for source, rows in bad.groupby("source", sort=False) if len(bad) else ():
+        first = rows.iloc[0]
+        line = "" if pd.isna(first["line"]) else f"line {first['line']}: "
+        log.warning("%s: %d bad row(s) left out, listed in %s (first: %s%s)", source,
+                    len(rows), join_uri(folder, BAD_REPORT), line, first["reason"])  # fmt: skip
+    if len(report.missing_videos):
+        log.warning("%d row(s) whose video is not under the video root left out, listed in %s",
+                    len(report.missing_videos), join_uri(folder, MISSING_REPORT))  # fmt: skip
+    for source, hint in report.uri_pattern_hints.items() if hints else ():
+        log.warning("%s: no video found; %s", source, hint)
 
 
 def _read(
@@ -203,10 +254,11 @@ def _read(
     *,
     allowed_prefixes: Sequence[str] | None,
     allow_http: bool,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One input as canonical rows (a folder corpus or an annotation file) and its bad
-    rows; ``class_names`` None: labels as found (pass 1). A folder corpus is a listing of
-    the prefix the user named, so only annotation rows are confined."""
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """One input as canonical rows (a folder corpus or an annotation file), its bad
+    rows and its format (``folder`` for a folder corpus); ``class_names`` None: labels as
+    found (pass 1). A folder corpus is a listing of the prefix the user named, so only
+    annotation rows are confined."""
     from frameexit.storage import url_to_fs
 
     fs, path = url_to_fs(uri, options)
@@ -217,7 +269,7 @@ def _read(
         if class_names is not None:
             index = {name: i for i, name in enumerate(class_names)}
             frame["label_ids"] = frame["labels"].map(lambda ls: [index[label] for label in ls])
-        return frame, pd.DataFrame(columns=["line", "reason", "raw"])
+        return frame, pd.DataFrame(columns=["line", "reason", "raw"]), "folder"
     loaded = load_manifest(
         uri,
         fmt=fmt,
@@ -234,7 +286,7 @@ def _read(
     frame = loaded.table
     if split:
         frame["split"] = split
-    return frame, loaded.bad_rows
+    return frame, loaded.bad_rows, loaded.fmt
 
 
 def _key(value: Any) -> Any:
@@ -290,24 +342,27 @@ def _explode_segments(table: pd.DataFrame, names: list[str]) -> tuple[pd.DataFra
                 {**row, "labels": [label], "label_ids": [index[label]], "start": start,
                  "end": end, "duration": end - start, "segments": [segment]}
             )  # fmt: skip
-    if bads:
-        log.warning("%d segment(s) left out (see prepare_bad_rows.parquet); first: %s",
-                    len(bads), bads[0]["reason"])  # fmt: skip
+    if bads:  # reported with the other bad rows (_warn_once)
         bad = pd.DataFrame(bads, columns=list(bad.columns))
     return pd.DataFrame(rows, columns=table.columns), bad
 
 
 def _merge_segments(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """One row per (video, split): the union of its rows' labels, the whole file."""
+    """One row per (video, split): the union of its rows' labels, the whole file. A
+    video annotated by one row keeps that row's segment (a Kinetics clip's times in a
+    full YouTube video, ``--uri-pattern '{root}/{youtube_id}.mp4'``): its label is
+    only known for that part of the file."""
     index = {name: i for i, name in enumerate(names)}
     merged = []
     for (video, split), group in table.groupby(["video", "split"], sort=False):
         labels = sorted({label for ls in group["labels"] for label in ls}, key=index.__getitem__)
         row = group.iloc[0].to_dict()
         row.update(labels=labels, label_ids=[index[label] for label in labels], video=video,
-                   split=split, start=float("nan"), end=float("nan"))  # fmt: skip
-        if "duration" in row:
-            row["duration"] = float("nan")
+                   split=split)  # fmt: skip
+        if len(group) > 1:
+            row.update(start=float("nan"), end=float("nan"))
+            if "duration" in row:
+                row["duration"] = float("nan")
         merged.append(row)
     return pd.DataFrame(merged)
 
@@ -383,7 +438,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "only under data.allowed_prefixes (default: the annotation file's bucket or "
         "folder and the video root). Rows whose video is not under the video root are "
         "reported in prepare_missing_videos.parquet, bad rows in prepare_bad_rows.parquet, "
-        "both beside the manifest. Exit codes: 0 done, 2 bad arguments or an unreadable "
+        "both beside the manifest and always written; when none of an input's videos is "
+        "found, the common layouts are tried and the --uri-pattern that finds them is "
+        "named. A header that does not fit --format is refused. Exit codes: 0 done, 2 bad arguments or an unreadable "
         "manifest, 3 runtime failure.",
     )
     parser.add_argument(
