@@ -22,7 +22,7 @@ import pandas as pd
 TOLERANCE = 0.01
 SWEEP_BUDGET_S = 15 * 60
 
-# DESIGN.md §1: ActivityNet-v1.3 mAP / GFLOPs with ResNet-50 unless said otherwise.
+# The paper (CVPR 2021), Tables 1-4: ActivityNet-v1.3 mAP / GFLOPs with ResNet-50 unless said otherwise.
 PAPER: dict[str, Any] = {
     "main": {
         "w/o exit": {"paper_metric": 77.3, "paper_gflops": 41.2},

@@ -327,6 +327,8 @@ class LabelConfig:
     # a retryable row (timeout, storage error, crash) is labeled again by at most this
     # many runs in all; then its row is final
     max_attempts: int = setting(3, commands=("label", "check"))
+    # `frameexit check`: videos per task at most (what one crash or retry costs)
+    check_task_videos: int = setting(1000, commands=("check",))
     # the model's device path (frameexit.inference.device_plan); None / "auto": what suits
     # the device — on a GPU bf16 autocast, channels_last, pinned non-blocking copies and
     # step t+1 decoded and copied while step t computes; on CPU none of them
@@ -351,6 +353,7 @@ class LabelConfig:
         unit_interval(prefix, "multi_label_threshold", self.multi_label_threshold)
         number(prefix, "lease_seconds", self.lease_seconds, minimum=5)
         positive(prefix, "max_attempts", self.max_attempts)
+        positive(prefix, "check_task_videos", self.check_task_videos)
         choice(prefix, "precision", self.precision, ("auto", "bf16", "fp32"))
         for name in ("channels_last", "prefetch_next_step"):
             value = getattr(self, name)

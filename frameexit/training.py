@@ -6,7 +6,7 @@ The Ray Train loops (``pipelines/loops.py``) and the single-process benchmark
     stage 1   frames [B, T, 3, S, S] ──model──► logits [B, T, K] ──► L_cls
     stage 2   cached z [B, T, D] ──GateHead──► gate logits [B, T]
               cached ℓ_t [B, T] ──► y^g_t = [ℓ_t ≤ β·exp(t/2)] ──► L_gate (gates only)
-    lr(epoch) = lr0 · γ^(number of milestones ≤ epoch)     (DESIGN.md's step schedule)
+    lr(epoch) = lr0 · γ^(number of milestones ≤ epoch)     (the paper's step schedule)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def epoch_lr(stage: StageConfig, epoch: int) -> float:
 
 
 def make_optimizer(params: Iterable[nn.Parameter], stage: StageConfig) -> torch.optim.Adam:
-    """Adam over ``params`` with the stage's initial lr and weight decay (DESIGN.md)."""
+    """Adam over ``params`` with the stage's initial lr and weight decay (the paper's Adam)."""
     return torch.optim.Adam(list(params), lr=stage.lr, weight_decay=stage.weight_decay)
 
 

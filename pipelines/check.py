@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # `python pipelines/check.py`: make the repositor
 
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 
 from frameexit.config import Config, load_config  # noqa: E402
 from frameexit.errors import VideoDecodeError  # noqa: E402
@@ -52,6 +53,7 @@ from frameexit.storage import (  # noqa: E402
     write_parquet,
     write_text,
 )
+from frameexit.testing import hooks  # noqa: E402
 from pipelines.common import (  # noqa: E402
     add_common_flags,
     ensure_ray,
@@ -98,8 +100,11 @@ def _row(**values: Any) -> dict[str, Any]:
     return out
 
 
-def check_batch(batch: pd.DataFrame, *, cfg: Any, run_id: str) -> pa.Table:
-    """Ray Data task body: one check row per input row (header, one decoded frame)."""
+def check_batch(
+    batch: pd.DataFrame, *, cfg: Any, run_id: str, poison: str | None = None
+) -> pa.Table:
+    """Ray Data task body: one check row per input row (header, one decoded frame).
+    ``poison``: test hook ``check.kill_worker_on``."""
     from frameexit.inference import as_decode_error
     from frameexit.video import open_video
 
@@ -108,6 +113,8 @@ def check_batch(batch: pd.DataFrame, *, cfg: Any, run_id: str) -> pa.Table:
     for r in batch.itertuples(index=False):
         base = dict(row=int(r.row), input_id=str(r.input_id), video=str(r.video),
                     attempts=int(r.attempts), run_id=run_id)  # fmt: skip
+        if poison and poison in str(r.video):
+            hooks.exit_process(137)  # test hook check.kill_worker_on (like the OOM killer)
         try:
             with open_video(
                 str(r.video), cfg.data.decode, storage_options=cfg.data.storage_options
@@ -135,6 +142,67 @@ def check_batch(batch: pd.DataFrame, *, cfg: Any, run_id: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CHECK_SCHEMA)
 
 
+def task_videos(num_videos: int, cfg: Any) -> int:
+    """Videos per check task: about 8 tasks per decode slot, at most
+    ``label.check_task_videos`` (a task is what a crash or a retry costs)."""
+    spread = math.ceil(num_videos / (8 * cfg.data.decode_concurrency))
+    return max(1, min(cfg.label.check_task_videos, max(8, spread)))
+
+
+def _check_all(todo: pa.Table, cfg: Any, run_id: str, writer: Any, progress: bool) -> None:
+    """Check ``todo`` on Ray Data in tasks of :func:`task_videos` videos, committing rows
+    as they come. A task whose worker dies (a video that crashes the decoder or exhausts
+    memory) is skipped, not fatal: its videos are checked again in tasks an eighth the
+    size, down to one video alone, and a video whose task fails alone gets a final
+    ``crashed`` row. Nothing another task committed is lost."""
+    import ray
+    from tqdm import tqdm
+
+    size = task_videos(todo.num_rows, cfg)
+    poison = hooks.value("check.kill_worker_on")  # test hook
+    with tqdm(total=todo.num_rows, unit="video", desc="check", disable=not progress) as bar:
+        while todo.num_rows:
+            ds = ray.data.from_arrow([todo.slice(i, size) for i in range(0, todo.num_rows, size)])
+            ds = ds.map_batches(
+                check_batch,
+                fn_kwargs={"cfg": shared(cfg), "run_id": run_id, "poison": poison},
+                batch_size=size,
+                batch_format="pandas",
+                num_cpus=1,
+                compute=ray.data.TaskPoolStrategy(size=cfg.data.decode_concurrency),
+                max_retries=1,
+            )
+            ds.context.max_errored_blocks = -1  # a failed task: its videos are left over
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                writer.add(batch)
+                bar.update(batch.num_rows)
+            left = pc.invert(pc.is_in(todo.column("input_id"), value_set=writer.seen_ids()))
+            todo = todo.filter(left)
+            if not todo.num_rows:
+                break
+            if size == 1:
+                log.warning("%d videos crashed their worker when checked alone", todo.num_rows)
+                writer.add(_crashed_rows(todo, run_id))
+                bar.update(todo.num_rows)
+                break
+            log.warning(
+                "%d check tasks failed (a video crashed its worker): checking their %d "
+                "videos again in tasks of %d", math.ceil(todo.num_rows / size),
+                todo.num_rows, max(1, size // 8),
+            )  # fmt: skip
+            size = max(1, size // 8)
+
+
+def _crashed_rows(todo: pa.Table, run_id: str) -> pa.Table:
+    rows = [
+        _row(row=int(r["row"]), input_id=r["input_id"], video=r["video"], status="crashed",
+             reason="checking this video killed its worker, alone, twice (decoder crash or "
+             "out of memory)", attempts=int(r["attempts"]), run_id=run_id)
+        for r in todo.to_pylist()
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=CHECK_SCHEMA)
+
+
 def run_check(
     manifest: str,
     output: str,
@@ -144,7 +212,6 @@ def run_check(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Check every video of ``manifest`` into ``output`` (resumable); returns the summary."""
-    import ray
 
     from pipelines.labeling.inputs import read_inputs
     from pipelines.labeling.parts import PartWriter, compact, read_committed, read_winners
@@ -169,31 +236,15 @@ def run_check(
         )
         writer = PartWriter(
             parts, options, cfg.label.part_size, CHECK_SCHEMA, fence=lease.check,
-            max_attempts=cfg.label.max_attempts,
+            max_attempts=cfg.label.max_attempts, index=committed,
         )  # fmt: skip
         writer.add(_bad_rows(bad_todo, run_id))
         if todo.num_rows:
             ensure_ray(cfg, object_store_mb=512, cpus_needed=cfg.data.decode_concurrency)
-            per = max(8, math.ceil(todo.num_rows / (8 * cfg.data.decode_concurrency)))
-            ds = ray.data.from_arrow([todo.slice(i, per) for i in range(0, todo.num_rows, per)])
-            ds = ds.map_batches(
-                check_batch,
-                fn_kwargs={"cfg": shared(cfg), "run_id": run_id},
-                batch_size=per,
-                batch_format="pandas",
-                num_cpus=1,
-                compute=ray.data.TaskPoolStrategy(size=cfg.data.decode_concurrency),
-                max_retries=3,
-            )
-            from tqdm import tqdm
-
-            with tqdm(total=todo.num_rows, unit="video", desc="check", disable=not progress) as bar:
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    writer.add(batch)
-                    bar.update(batch.num_rows)
+            _check_all(todo, cfg, run_id, writer, progress)
         writer.flush()
-        compact(parts, options, inputs.ids, CHECK_SCHEMA, fence=lease.check)
-        checked = read_winners(parts, storage_options=options, schema=CHECK_SCHEMA)
+        compact(parts, options, inputs.ids, CHECK_SCHEMA, fence=lease.check, state=committed)
+        checked = read_winners(parts, storage_options=options, schema=CHECK_SCHEMA, state=committed)
         lease.check()
         summary = _write_outputs(manifest, output, inputs, checked, options, cfg, retried)
     summary.update(

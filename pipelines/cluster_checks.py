@@ -39,6 +39,15 @@ def alive_nodes(nodes: Iterable[Mapping[str, Any]]) -> int:
     return sum(1 for node in nodes if node.get("Alive", node.get("alive", False)))
 
 
+def alive_hosts(nodes: Iterable[Mapping[str, Any]]) -> int:
+    """How many machines the alive ``nodes`` run on: Ray nodes started on one machine
+    (a test cluster on loopback) share its disks."""
+    return len({
+        node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or node.get("NodeID")
+        for node in nodes if node.get("Alive", node.get("alive", False))
+    })  # fmt: skip
+
+
 def declared_shared(path: str, setting: str | None = None) -> bool:
     """Whether ``path`` lies under a folder declared shared by ``FRAMEEXIT_SHARED_STORAGE``
     (``setting``; default: the environment's value)."""
@@ -91,7 +100,7 @@ def storage_problem(cfg: Config, nodes: int, *, mounts: str | None = None) -> st
         return None
     return (
         f"train.storage={storage!r} is a local path ({path}, on {kind or 'an unknown filesystem'}) and "
-        f"the Ray cluster has {nodes} nodes: the workers' checkpoints would be written to "
+        f"the Ray cluster runs on {nodes} machines: the workers' checkpoints would be written to "
         "disks the other nodes cannot read. Use object storage "
         "(train.storage=s3://BUCKET/frameexit/runs), or, if every node mounts this path "
         f"(NFS, EFS, Lustre), declare it: {SHARED_STORAGE_ENV}={path}"
@@ -103,6 +112,6 @@ def check_storage(cfg: Config) -> None:
     connected Ray cluster (call it after ``ensure_ray``)."""
     import ray
 
-    problem = storage_problem(cfg, alive_nodes(ray.nodes()))
+    problem = storage_problem(cfg, alive_hosts(ray.nodes()))
     if problem:
         raise ConfigError("train.storage", problem)

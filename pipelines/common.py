@@ -38,7 +38,7 @@ from frameexit.storage import (
 log = logging.getLogger("frameexit.pipelines")
 
 # Environment every Ray process of ours gets: no usage stats, fail fast on a Ray Data stall
-# (RAY_NOTES.md: a starved pipeline otherwise waits 30 min), no V2 migration warnings.
+# (measured: a starved pipeline otherwise waits 30 min), no V2 migration warnings.
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",

@@ -7,7 +7,7 @@ Stage 1, per worker (DDP over ``train.num_workers``; gloo on CPU, NCCL on GPU)::
 
     shard = get_dataset_shard("train")          decoded frames [B, T, 3, S, S]
     for epoch in start..epochs-1:                start = last checkpoint's epoch (resume)
-        lr = lr0 · γ^(#milestones <= epoch)      the step schedule of DESIGN.md
+        lr = lr0 · γ^(#milestones <= epoch)      the paper's step schedule
         for batch in shard.iter_torch_batches():
             L_cls = mean_t CE(f_t(z_t), y)       backbone + projection + classifiers
         report(metrics, checkpoint={model, optimizer, epoch})   every epoch, rank 0 saves

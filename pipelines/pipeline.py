@@ -23,6 +23,7 @@ from typing import Any
 from frameexit.config import Config, config_to_dict, fields_with, flatten, redacted, upgrade
 from frameexit.errors import ConfigError
 from frameexit.storage import exists, read_bytes, redact, url_to_fs, write_text
+from pipelines.cluster_checks import check_storage
 from pipelines.common import RunPaths, ensure_ray, uri_options
 from pipelines.evaluate import evaluate
 from pipelines.features import build_feature_cache, file_sha256, finish_skipped
@@ -135,6 +136,7 @@ def _run(cfg: Config, paths: RunPaths, lease: Lease, *, resume: bool) -> dict[st
     from pipelines.evaluate import calibrate_on_cache, read_cache_outputs
 
     ensure_ray(cfg)
+    check_storage(cfg)  # a multi-node cluster needs train.storage every node sees
     lease.check()
     write_config(cfg)
     record_uri = paths("run.json")

@@ -9,6 +9,7 @@ import pytest
 from frameexit.config import load_config
 from pipelines.cluster_checks import (
     SHARED_STORAGE_ENV,
+    alive_hosts,
     alive_nodes,
     check_storage,
     mount_type,
@@ -19,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = str(ROOT / "configs" / "activitynet_resnet50.yaml")  # train.storage: runs
 
 
-def node(alive: bool, cpus: float = 16.0) -> dict:
+def node(alive: bool, cpus: float = 16.0, host: str = "10.0.0.1") -> dict:
     """One entry as ``ray.nodes()`` lists it (the keys the check reads and their company)."""
     return {
         "NodeID": "n" * 56,
         "Alive": alive,
-        "NodeManagerAddress": "10.0.0.1",
+        "NodeManagerAddress": host,
         "Resources": {"CPU": cpus, "memory": 1e9},
     }
 
@@ -40,6 +41,12 @@ LOCAL_DISK = "/dev/sda1 / ext4 rw,relatime 0 0\ntmpfs /tmp tmpfs rw 0 0\n"
 def test_dead_nodes_do_not_count() -> None:
     assert alive_nodes([node(True, 0), node(False), node(True)]) == 2
     assert alive_nodes([]) == 0
+
+
+def test_nodes_on_one_machine_share_its_disk() -> None:
+    one_machine = [node(True, 0), node(True), node(True)]  # a test cluster on loopback
+    assert alive_hosts(one_machine) == 1
+    assert alive_hosts([*one_machine, node(True, host="10.0.0.2"), node(False, host="x")]) == 2
 
 
 def test_a_local_storage_on_several_nodes_is_refused_naming_the_field() -> None:

@@ -112,3 +112,44 @@ def test_the_clean_manifest_keeps_the_class_map_of_the_whole_corpus(
     clean = load_manifest(str(out / "manifest.parquet"))
     assert clean.class_names == ["a", "b", "c"]
     assert [list(ids) for ids in clean.table["label_ids"]] == [[1], [2]]
+
+
+@pytest.mark.ray
+def test_a_video_that_crashes_its_worker_is_isolated_in_a_large_task(
+    ray_cluster, tiny_corpus, tmp_path
+):
+    """One task of 40 videos, one of which kills the worker checking it: the task is
+    skipped, its videos are checked again in smaller tasks, and only that video ends
+    `crashed`; the 39 others are `ok` and nothing is lost."""
+    from frameexit.testing import hooks
+
+    source = tiny_corpus.table["video"].tolist()[0]
+    names = [f"v{i:02d}.mp4" for i in range(39)] + ["poison.mp4"]
+    for name in names:
+        (tmp_path / name).symlink_to(source)
+    table = tiny_corpus.table.iloc[:1].copy()
+    rows = pd.concat([table.assign(video=str(tmp_path / n)) for n in names], ignore_index=True)
+    manifest = str(tmp_path / "in.parquet")
+    rows.to_parquet(manifest, index=False)
+    (tmp_path / "classes.json").write_text(json.dumps(list(tiny_corpus.class_names)))
+    out = str(tmp_path / "checked")
+    args = ["--manifest", manifest, "--output", out, "--no-progress",
+            "data.decode_concurrency=2", "label.check_task_videos=40"]  # fmt: skip
+    with hooks.switched_on({"check.kill_worker_on": "poison"}):
+        summary = check_main(args)
+    assert summary["complete"] and summary["inputs"] == 40
+    checked = pd.read_parquet(Path(out) / "checked.parquet").set_index("video")
+    assert len(checked) == 40
+    assert checked.loc[str(tmp_path / "poison.mp4"), "status"] == "crashed"
+    assert (checked.drop(index=str(tmp_path / "poison.mp4"))["status"] == "ok").all()
+
+
+def test_check_tasks_are_bounded_whatever_the_corpus_size():
+    from frameexit.config import load_config
+    from pipelines.check import task_videos
+
+    cfg = load_config(None, [])
+    assert task_videos(10_000_000, cfg) == 1000  # was 625,000 at the default concurrency
+    assert task_videos(100, cfg) == 8
+    small = load_config(None, ["label.check_task_videos=5"])
+    assert task_videos(10_000, small) == 5

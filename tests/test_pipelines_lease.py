@@ -211,7 +211,7 @@ def test_on_s3_one_of_two_racing_writers_wins_and_fencing_holds(moto_s3, s3_buck
         outcomes: list[str] = []
         gate = threading.Barrier(2)
 
-        def take(lease: Lease) -> None:
+        def take(lease: Lease, gate=gate, outcomes=outcomes) -> None:
             gate.wait()
             try:
                 lease.acquire()
@@ -241,3 +241,37 @@ def test_on_s3_one_of_two_racing_writers_wins_and_fencing_holds(moto_s3, s3_buck
             old.check()
         old.release()  # must not remove the new holder's lease
         assert new.read()["owner"] == new.owner
+
+
+def test_a_second_training_job_with_the_same_name_refuses_before_ray(tmp_path, tiny_corpus):
+    from frameexit.config import load_config
+    from pipelines.common import RunPaths
+    from pipelines.pipeline import run_pipeline
+
+    cfg = load_config(None, [f"data.manifest={tiny_corpus.manifest}",
+                             f"train.storage={tmp_path}", "train.name=shared"])  # fmt: skip
+    paths = RunPaths(cfg)
+    held = Lease(paths.root, None, what="training job", field="train.name")
+    with held, pytest.raises(ConfigError) as info:
+        run_pipeline(cfg, resume=True)
+    assert info.value.field == "train.name" and "another training job" in str(info.value)
+    import ray
+
+    assert not ray.is_initialized()  # refused before any Ray work
+
+
+def test_a_rerun_without_append_refuses_an_output_holding_other_shards(tmp_path):
+    from frameexit.config import load_config
+    from pipelines.labeling.job import LabelJob, check_fingerprint
+
+    out = str(tmp_path / "out")
+
+    def job(source: str) -> LabelJob:
+        return LabelJob(load_config(None, []), source, out, None, {}, 1.0, [], {"k": 1})
+
+    check_fingerprint(job("/in/shard-a.csv"), {}, overwrite=False)
+    check_fingerprint(job("/in/shard-b.csv"), {}, overwrite=False, append=True)
+    for source in ("/in/shard-a.csv", "/in/shard-c.csv"):  # a shard it holds, or a new one
+        with pytest.raises(ConfigError, match="shard-b.csv.*--append"):
+            check_fingerprint(job(source), {}, overwrite=False)
+    check_fingerprint(job("/in/shard-a.csv"), {}, overwrite=False, append=True)

@@ -58,13 +58,15 @@ def _replay_with(tmp_path, seeds, change) -> str | None:
 def test_the_schedules_catch_a_compaction_that_deletes_its_own_rewrite(tmp_path):
     """Issue 20's item 2 brought back: the rewrite takes the name of a part deleted later."""
 
-    def careless(output, options, current_ids, schema=parts.OUTPUT_SCHEMA, *, fence=None):
-        state = parts.read_committed(output, options, schema)
+    def careless(output, options, current_ids, schema=parts.OUTPUT_SCHEMA, *, fence=None,
+                 state=None):  # fmt: skip
+        state = state or parts.read_committed(output, options, schema)
         keep = state.winner
         if current_ids is not None and state.rows.num_rows:
             current = parts.pc.is_in(state.rows.column("input_id"), value_set=current_ids)
             keep = parts.pc.and_(keep, current)
         dropped = parts.pc.invert(keep)
+        removed, added = [], []
         for index in sorted(set(state.rows.column("part").filter(dropped).to_pylist())):
             uri = state.parts[index]
             mine = parts.pc.and_(parts.pc.equal(state.rows.column("part"), index), keep)
@@ -74,10 +76,17 @@ def test_the_schedules_catch_a_compaction_that_deletes_its_own_rewrite(tmp_path)
             if fence:
                 fence()
             new = parts.write_part(output, kept, options, schema) if kept.num_rows else None
-            if new != uri:
+            if new is not None:
+                added.append((new, parts.as_written(kept, schema)))
+            if new != uri:  # the bug: the rewrite may carry the name of a part deleted here
                 if fence:
                     fence()
                 parts.remove(uri, storage_options=options)
+                removed.append(uri)
+        for uri in removed:
+            state.remove(uri)
+        for uri, table in added:
+            state.add(uri, table)
         return {}
 
     import pipelines.labeling.simulation as simulation
@@ -88,7 +97,9 @@ def test_the_schedules_catch_a_compaction_that_deletes_its_own_rewrite(tmp_path)
         found = _replay_with(tmp_path, range(400), {})
     finally:
         simulation.compact = saved
-    assert found is not None and "lost" in found
+    # the deleted rewrite shows as a lost winner, or as the run's index naming a part
+    # that is gone
+    assert found is not None and ("lost" in found or "disagrees" in found), found
 
 
 def test_the_schedules_catch_a_commit_without_a_lease_check(tmp_path):

@@ -15,6 +15,8 @@ The points (:data:`POINTS`) and what they do:
   TEXT exits at once (``os._exit(137)``, like the out-of-memory killer).
 * ``label.exit_before_compact`` ``true``: the labeling driver exits (``os._exit(3)``)
   after its last part is committed, before compaction.
+* ``check.kill_worker_on`` ``"TEXT"``: the ``frameexit check`` worker that reaches a URI
+  containing TEXT exits at once (exit 137), as a decoder crash would.
 * ``label.part_delay_s`` ``SECONDS``: the labeling driver waits after each committed part
   (so a test can kill it between parts).
 
@@ -36,6 +38,7 @@ POINTS = {
     "label.kill_worker_on": "TEXT: the labeling worker opening a URI with it exits",
     "label.exit_before_compact": "true: the labeling driver exits before compaction",
     "label.part_delay_s": "SECONDS: the labeling driver waits after each part",
+    "check.kill_worker_on": "TEXT: the check worker opening a URI with it exits",
 }
 
 

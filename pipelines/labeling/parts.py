@@ -91,10 +91,15 @@ def write_part(
     schema: pa.Schema = OUTPUT_SCHEMA,
 ) -> str:
     """Commit ``table`` (rows of ``schema``) as one part, atomically; returns its URI."""
-    table = table.cast(schema).sort_by("row")
+    table = as_written(table, schema)
     uri = join_uri(output, part_name(table.column("input_id").to_pylist()))
     write_parquet(uri, table, storage_options=options)
     return uri
+
+
+def as_written(table: pa.Table, schema: pa.Schema = OUTPUT_SCHEMA) -> pa.Table:
+    """A part's rows in the order :func:`write_part` stores them (by ``row``)."""
+    return table.cast(schema).sort_by("row")
 
 
 def read_part(
@@ -108,28 +113,100 @@ def read_part(
     return table.cast(pa.schema([schema.field(n) for n in table.column_names]))
 
 
-@dataclass
 class Committed:
-    """What an output holds: per committed row its id, status, attempts and place
-    (``part`` index into ``parts``, ``position`` in the part), plus who wins."""
+    """What an output holds — the run's one index of committed rows, read once: per row
+    its id, status, attempts (and, for labeling outputs, the columns the summary counts)
+    and place (``part`` index into ``parts``, ``position`` in the part), plus who wins.
 
-    parts: list[str]
-    rows: pa.Table  # STATE_COLUMNS + part, position
-    winner: pa.Array = field(default_factory=lambda: pa.array([], pa.bool_()))
+    The run keeps it current instead of reading the output again: :meth:`add` for each
+    part it commits, :meth:`remove` for each part compaction deletes. The winner mask is
+    computed when asked, after the last change (a part rewritten under its own name
+    replaces that part's rows)."""
+
+    def __init__(self, parts: list[str], rows: pa.Table) -> None:
+        self.parts: list[str | None] = list(parts)  # None: a part deleted since
+        self._tables: list[pa.Table] = [rows] if rows.num_rows else []
+        self._empty = rows.schema.empty_table()
+        self._columns = [c for c in rows.column_names if c not in ("part", "position")]
+        self._where = {uri: i for i, uri in enumerate(parts)}
+        self._rows: pa.Table | None = rows
+        self._winner: pa.Array | None = None
+
+    @property
+    def rows(self) -> pa.Table:
+        """Every committed row (state columns + ``part``, ``position``)."""
+        if self._rows is None:
+            tables = self._tables or [self._empty]
+            self._rows = pa.concat_tables(tables).combine_chunks()
+            self._tables = [self._rows] if self._rows.num_rows else []
+        return self._rows
+
+    @property
+    def winner(self) -> pa.Array:
+        """True for each id's winning row (see the module doc for the rule)."""
+        if self._winner is None:
+            rows = self.rows
+            names = [uri or "" for uri in self.parts]
+            rank = np.empty(len(names), dtype=np.int64)  # name order, whatever the index
+            rank[np.argsort(np.array(names, dtype=object), kind="stable")] = np.arange(len(names))
+            ranked = rows.set_column(
+                rows.schema.get_field_index("part"), "part",
+                pa.array(rank[rows.column("part").to_numpy()] if rows.num_rows else [],
+                         pa.int64()),
+            )  # fmt: skip
+            self._winner = _winner_mask(ranked)
+        return self._winner
 
     @property
     def winners(self) -> pa.Table:
-        """One row per committed id (see the module doc for the rule)."""
+        """One row per committed id."""
         return self.rows.filter(self.winner)
 
     def ids(self) -> pa.Array:
         """Every id that has a committed row."""
         return self.winners.column("input_id").combine_chunks()
 
+    def live_parts(self) -> list[tuple[int, str]]:
+        """``(index, uri)`` of the parts that exist now."""
+        return [(i, uri) for i, uri in enumerate(self.parts) if uri is not None]
+
+    def add(self, uri: str, table: pa.Table) -> None:
+        """Count a part just committed (its rows as written)."""
+        if uri in self._where:
+            self._drop(self._where[uri])
+            index = self._where[uri]
+            self.parts[index] = uri
+        else:
+            index = len(self.parts)
+            self.parts.append(uri)
+            self._where[uri] = index
+        n = table.num_rows
+        state = table.select(self._columns).cast(self._empty.schema.remove(
+            self._empty.schema.get_field_index("position")).remove(
+            self._empty.schema.get_field_index("part")))  # fmt: skip
+        state = state.append_column("part", pa.array([index] * n, pa.int32()))
+        state = state.append_column("position", pa.array(range(n), pa.int64()))
+        self.rows  # noqa: B018 - settle pending changes first
+        self._tables.append(state)
+        self._rows = self._winner = None
+
+    def remove(self, uri: str) -> None:
+        """Forget a part compaction deleted."""
+        index = self._where.pop(uri, None)
+        if index is not None:
+            self._drop(index)
+            self.parts[index] = None
+
+    def _drop(self, index: int) -> None:
+        rows = self.rows
+        self._rows = rows.filter(pc.not_equal(rows.column("part"), index))
+        self._tables = [self._rows] if self._rows.num_rows else []
+        self._winner = None
+
 
 def _winner_mask(rows: pa.Table) -> pa.Array:
     """True for the winning row of each id: most attempts, then final over retryable,
-    then the later part and position."""
+    then the later part (``part`` ranks parts in name order) and position."""
     n = rows.num_rows
     if n == 0:
         return pa.array([], pa.bool_())
@@ -151,29 +228,51 @@ def _winner_mask(rows: pa.Table) -> pa.Array:
     return pa.array(mask)
 
 
+#: what a labeling output's summary counts, read with the state (a few bytes per row)
+TOTAL_COLUMNS = ["frames_decoded", "gflops", "exit_step"]
+READ_THREADS = 16  # parts read at once (object stores: parallel GETs)
+
+
 def read_committed(
-    output: str, options: Mapping[str, Any] | None = None, schema: pa.Schema = OUTPUT_SCHEMA
+    output: str,
+    options: Mapping[str, Any] | None = None,
+    schema: pa.Schema = OUTPUT_SCHEMA,
+    *,
+    totals: bool = False,
 ) -> Committed:
-    """The state of every committed row under ``output`` (small columns only)."""
+    """The index of every committed row under ``output``: one listing, then every part's
+    small columns read once, :data:`READ_THREADS` at a time (with ``totals``, also the
+    columns the summary counts, where ``schema`` has them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    columns = list(STATE_COLUMNS)
+    if totals:
+        columns += [c for c in TOTAL_COLUMNS if c in schema.names]
     parts = list_parts(output, options)
-    tables = []
-    for index, uri in enumerate(parts):
-        table = read_part(uri, options, STATE_COLUMNS, schema)
+
+    def one(item: tuple[int, str]) -> pa.Table:
+        index, uri = item
+        table = read_part(uri, options, columns, schema)
         n = table.num_rows
         table = table.append_column("part", pa.array([index] * n, pa.int32()))
-        table = table.append_column("position", pa.array(range(n), pa.int64()))
-        tables.append(table)
+        return table.append_column("position", pa.array(range(n), pa.int64()))
+
+    if len(parts) > 1:
+        with ThreadPoolExecutor(min(READ_THREADS, len(parts))) as pool:
+            tables = list(pool.map(one, enumerate(parts)))
+    else:
+        tables = [one(item) for item in enumerate(parts)]
     if tables:
         rows = pa.concat_tables(tables).combine_chunks()
     else:
         rows = pa.table(
             {
-                **{c: pa.array([], schema.field(c).type) for c in STATE_COLUMNS},
+                **{c: pa.array([], schema.field(c).type) for c in columns},
                 "part": pa.array([], pa.int32()),
                 "position": pa.array([], pa.int64()),
             }
         )
-    return Committed(parts, rows, _winner_mask(rows))
+    return Committed(parts, rows)
 
 
 def committed_ids(output: str, options: Mapping[str, Any] | None = None) -> set[str]:
@@ -188,13 +287,17 @@ def compact(
     schema: pa.Schema = OUTPUT_SCHEMA,
     *,
     fence: Callable[[], None] | None = None,
+    state: Committed | None = None,
 ) -> dict[str, int]:
     """Rewrite the parts that hold losers or (with ``current_ids``) ids that are not
     current inputs; returns counts of ``parts_rewritten``, ``rows_dropped`` and
     ``stale_rows`` (rows of entries no longer in the input). ``fence`` runs before every
-    write and delete (the lease check: a writer that lost its lease stops there)."""
+    write and delete (the lease check: a writer that lost its lease stops there).
+    ``state``: the run's index of the output (read here if not given); it is kept
+    current, and only the parts holding a dropped row are read and rewritten."""
     fence = fence or (lambda: None)
-    state = read_committed(output, options, schema)
+    if state is None:
+        state = read_committed(output, options, schema)
     keep = state.winner
     stale = 0
     if current_ids is not None and state.rows.num_rows:
@@ -210,8 +313,11 @@ def compact(
     # hit here (one holding only losing rows of the same ids): that file then already
     # holds winners, and is neither read with its old positions nor removed.
     written: set[str] = set()
-    for index in sorted(parts_hit):
+    removed: list[str] = []
+    added: list[tuple[str, pa.Table]] = []
+    for index in sorted(parts_hit, key=lambda i: state.parts[i] or ""):
         uri = state.parts[index]
+        assert uri is not None  # a deleted part has no rows left in the index
         in_part = pc.equal(state.rows.column("part"), index)
         if uri in written:
             counts["rows_dropped"] += int(pc.sum(pc.and_(in_part, pc.invert(keep))).as_py() or 0)
@@ -226,10 +332,16 @@ def compact(
             fence()
             new_uri = write_part(output, kept, options, schema)
             written.add(new_uri)
+            added.append((new_uri, as_written(kept, schema)))
         if new_uri != uri and uri not in written:
             fence()
             remove(uri, storage_options=options)
+            removed.append(uri)
         counts["parts_rewritten"] += 1
+    for uri in removed:
+        state.remove(uri)
+    for uri, table in added:
+        state.add(uri, table)
     return counts
 
 
@@ -264,11 +376,14 @@ def read_winners(
     *,
     storage_options: Mapping[str, Any] | None = None,
     schema: pa.Schema = OUTPUT_SCHEMA,
+    state: Committed | None = None,
 ) -> pa.Table:
-    """The winning committed rows under ``output`` as one Arrow table (part order)."""
-    state = read_committed(output, storage_options, schema)
+    """The winning committed rows under ``output`` as one Arrow table (part order);
+    ``state``: the run's index of the output, if it has one (else read here)."""
+    if state is None:
+        state = read_committed(output, storage_options, schema)
     tables = []
-    for index, uri in enumerate(state.parts):
+    for index, uri in state.live_parts():
         mine = pc.and_(pc.equal(state.rows.column("part"), index), state.winner)
         positions = state.rows.column("position").filter(mine)
         if len(positions):
@@ -308,11 +423,13 @@ class PartWriter:
         *,
         fence: Callable[[], None] | None = None,
         max_attempts: int | None = None,
+        index: Committed | None = None,
     ) -> None:
         self.output, self.options, self.part_size = output, options, part_size
         self.schema = schema
         self.fence = fence  # before every commit: the lease check
         self.max_attempts = max_attempts  # a retryable row at this many attempts is final
+        self.index = index  # the run's index of the output: each commit is added to it
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.parts: list[str] = []
@@ -342,7 +459,10 @@ class PartWriter:
         part, rest = table.slice(0, n), table.slice(n)
         if self.fence is not None:
             self.fence()
-        self.parts.append(write_part(self.output, part, self.options, self.schema))
+        uri = write_part(self.output, part, self.options, self.schema)
+        self.parts.append(uri)
+        if self.index is not None:
+            self.index.add(uri, as_written(part, self.schema))
         self.totals.add(part)
         self.buffer = [rest] if rest.num_rows else []
         self.buffered = rest.num_rows
@@ -401,14 +521,13 @@ class Totals:
         }
 
 
-def output_totals(output: str, options: Mapping[str, Any] | None = None) -> Totals:
-    """Totals over the winners under ``output``, read part by part (constant memory)."""
-    state = read_committed(output, options)
+def output_totals(
+    output: str, options: Mapping[str, Any] | None = None, *, state: Committed | None = None
+) -> Totals:
+    """Totals over the winners under ``output``: from ``state`` (an index read with
+    ``totals=True``) without reading anything, else read here."""
+    if state is None or not all(c in state.rows.column_names for c in TOTAL_COLUMNS):
+        state = read_committed(output, options, totals=True)
     totals = Totals()
-    columns = ["status", "frames_decoded", "gflops", "exit_step"]
-    for index, uri in enumerate(state.parts):
-        mine = pc.and_(pc.equal(state.rows.column("part"), index), state.winner)
-        positions = state.rows.column("position").filter(mine)
-        if len(positions):
-            totals.add(read_part(uri, options, columns).take(positions))
+    totals.add(state.winners)
     return totals

@@ -49,6 +49,7 @@ from pipelines.labeling.isolation import (
 )
 from pipelines.labeling.job import LabelJob, check_fingerprint, prepare_job
 from pipelines.labeling.parts import (
+    Committed,
     PartWriter,
     clean_temporaries,
     compact,
@@ -256,7 +257,7 @@ def run_labeling(
     with Lease(output, options, seconds=cfg.label.lease_seconds) as lease:
         check_fingerprint(job, options, overwrite=overwrite, append=append)
         clean_temporaries(output, options)
-        committed = read_committed(output, options)
+        committed = read_committed(output, options, totals=True)  # the run's one read
         todo, bad_todo, retried = plan(
             inputs, committed, retry=cfg.label.retry, max_attempts=cfg.label.max_attempts
         )
@@ -272,7 +273,7 @@ def run_labeling(
         )
         writer = PartWriter(
             output, options, cfg.label.part_size, fence=lease.check,
-            max_attempts=cfg.label.max_attempts,
+            max_attempts=cfg.label.max_attempts, index=committed,
         )  # fmt: skip
         writer.add(_with_run(bad_todo, run_id))
         writer.flush()
@@ -291,8 +292,10 @@ def run_labeling(
             timing["began"] = calibration_began
         if hooks.value("label.exit_before_compact"):  # test hook: a driver killed right here
             hooks.exit_process(3)
-        compaction = compact(output, options, None if append else inputs.ids, fence=lease.check)
-        summary = _summary(job, inputs, writer, timing, compaction, retried, began, options)
+        compaction = compact(
+            output, options, None if append else inputs.ids, fence=lease.check, state=committed
+        )
+        summary = _summary(job, inputs, writer, timing, compaction, retried, began, committed)
         if calibrated is not None:
             summary["calibration"] = calibrated
         summary["run"]["lease_token"] = lease.token
@@ -400,7 +403,7 @@ def _summary(
     compaction: dict[str, int],
     retried: int,
     began: float,
-    options: Mapping[str, Any],
+    committed: Committed,
 ) -> dict[str, Any]:
     cfg = job.cfg
     run = writer.totals.summary(exclude=[STATUS_BAD_ROW])
@@ -424,12 +427,11 @@ def _summary(
         retried=int(retried),
         pipeline_restarts=int(timing.get("restarts", 0)),
     )
-    final = read_committed(job.output, options)
-    ids = final.ids()
+    ids = committed.ids()
     current = inputs.ids
     missing = int(pc.sum(pc.invert(pc.is_in(current, value_set=ids))).as_py() or 0)
     extra = int(pc.sum(pc.invert(pc.is_in(ids, value_set=current))).as_py() or 0)
-    total = output_totals(job.output, options).summary()
+    total = output_totals(job.output, state=committed).summary()
     return {
         "input": job.input,
         "output": job.output,

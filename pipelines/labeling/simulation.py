@@ -114,6 +114,19 @@ def _inputs(ids: list[str]) -> LabelInputs:
     return LabelInputs(videos, OUTPUT_SCHEMA.empty_table(), "manifest")
 
 
+def _same_index(kept: Any, fresh: Any) -> None:
+    """The index a run kept current names the same winners as a fresh read."""
+
+    def key(state: Any) -> list[tuple[Any, ...]]:
+        rows = state.winners.to_pylist()
+        return sorted((r["input_id"], r["attempts"], r["retryable"], r["status"],
+                       state.parts[r["part"]], r["position"]) for r in rows)  # fmt: skip
+
+    if key(kept) != key(fresh):
+        raise AssertionError(f"the kept index disagrees with a fresh read: {key(kept)} vs "
+                             f"{key(fresh)}")  # fmt: skip
+
+
 def _rows(todo: pa.Table, run: str, rng: random.Random) -> pa.Table:
     """Output rows for ``todo``: ``ok`` or a retryable ``timeout``, chosen by ``rng``."""
     rows = []
@@ -193,19 +206,24 @@ class Simulation:
         fence = self._fence(actor)
         try:
             inputs = _inputs(actor.inputs)
+            # as a labeling run: one read of the output, kept current by commits and
+            # compaction, checked against a fresh read at the end
+            committed = read_committed(self.root, totals=True)
             if not actor.compact_only:
-                committed = read_committed(self.root)
                 todo, _, _ = plan(inputs, committed, retry=True, max_attempts=self.max_attempts)
                 writer = PartWriter(
-                    self.root, {}, actor.part_size, fence=fence, max_attempts=self.max_attempts
-                )
+                    self.root, {}, actor.part_size, fence=fence,
+                    max_attempts=self.max_attempts, index=committed,
+                )  # fmt: skip
                 order = list(range(todo.num_rows))
                 rng.shuffle(order)
                 for start in range(0, len(order), actor.part_size):
                     writer.add(_rows(todo.take(order[start : start + actor.part_size]),
                                      actor.name, rng))  # fmt: skip
                 writer.flush()
-            compact(self.root, {}, None if actor.append else inputs.ids, fence=fence)
+            compact(self.root, {}, None if actor.append else inputs.ids, fence=fence,
+                    state=committed)  # fmt: skip
+            _same_index(committed, read_committed(self.root, totals=True))
             actor.outcome = "finished"
         except _Crash:
             actor.outcome = "crashed"
