@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="Convert an authors' released FrameExit checkpoint to a frameexit one."
+        prog="frameexit convert-checkpoint",
+        description="Convert an authors' released FrameExit checkpoint to a frameexit one.",
     )
     parser.add_argument("--dataset", required=True, choices=sorted(OFFICIAL_CHECKPOINTS))
     parser.add_argument("--input", required=True, help="their .pth (path or URI)")

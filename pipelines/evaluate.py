@@ -150,7 +150,7 @@ def evaluate(
         first_exits=data["first_exits"],
         thresholds=thresholds,
         videos=data["video"],
-        class_names=_class_names(cfg),
+        class_names=_class_names(cfg, model),
     )
     metrics = {
         "split": split,
@@ -212,8 +212,12 @@ def calibrate_on_cache(
     return point
 
 
-def _class_names(cfg: Config) -> list[str]:
-    """The class map beside the training manifest (cosmetic: indices when unavailable)."""
+def _class_names(cfg: Config, model: Any = None) -> list[str]:
+    """The class names the checkpoint stores, else the class map beside the training
+    manifest (cosmetic: indices when neither is available)."""
+    stored = getattr(model, "class_names", None)
+    if stored:
+        return list(stored)
     try:
         from frameexit.manifests import load_manifest
 
@@ -318,7 +322,7 @@ def evaluate_checkpoint(
         multi_label_threshold=cfg.label.multi_label_threshold,
         first_exits=first,
         videos=per_view[0]["video"].tolist(),
-        class_names=_class_names(cfg),
+        class_names=_class_names(cfg, model),
     )
     metrics = {
         "split": split,

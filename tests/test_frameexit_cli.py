@@ -62,7 +62,10 @@ def test_version_is_the_installed_packages():
     assert frameexit_cli.main(["--version"]) == 0
 
 
-@pytest.mark.parametrize("command", ["train", "label", "check", "evaluate", "sweep"])
+@pytest.mark.parametrize(
+    "command",
+    ["train", "label", "check", "evaluate", "sweep", "prepare", "convert-checkpoint", "predict"],
+)
 def test_usage_lines_name_the_subcommand(command, capsys):
     assert frameexit_cli.main([command, "--help"]) == 0
     assert capsys.readouterr().out.startswith(f"usage: frameexit {command} [-h]")
