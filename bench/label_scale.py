@@ -2,6 +2,8 @@
 
     python bench/label_scale.py                      # 10k and 100k inputs, then the actor check
     python bench/label_scale.py --sizes 2000 20000   # quicker
+    python bench/label_scale.py --skip-scale --skip-actors --prefill 100000 1000000 \
+        --json out.json                              # resume over a prefilled output
 
 Inputs are cheap on purpose: N symbolic links to a few tiny synthetic clips (32 px, 8-12
 frames), labeled by the tiny model with T = 2, so the job is bookkeeping-bound and the
@@ -13,6 +15,12 @@ driver's own costs show. Each measurement runs the labeling entry point
   read the committed parts, plan, compact, summarise: nothing to label), its peak RSS.
 
 Goal: driver peak RSS ≤ 1.2× from the smallest to the largest N, resume ≤ 10 s at 100k.
+
+``--prefill N...``: sizes where labeling every input is too slow here. The output is
+filled beforehand with the project's own part writer (rows as a run writes them; the
+table says so), then the real entry point resumes on an input of N rows with ``--left``
+rows to label; measured: driver peak RSS and the resume's wall time, split into the
+summary's ``phase_seconds`` (inputs, read_committed, plan, label, compact, summary).
 
 Then one GPU-less throughput check on real-size clips (256×192): one actor with 2 CPUs and
 2 decode threads vs two 1-CPU actors, same 960 inputs, alternated twice (goal: ≥ 0.9× the
@@ -116,6 +124,114 @@ def scale(args: argparse.Namespace, work: Path) -> list[dict]:
     return rows
 
 
+def prefilled(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Resume at sizes where labeling every input is too slow here. For each N:
+
+    1. a real first run on the first 16 rows of a manifest creates the output's records
+       (fingerprint, config) as any run does;
+    2. the manifest grows to N rows (16 clips, each repeated: every repeat is its own
+       entry), and all but ``--left`` rows get committed rows written with the project's
+       own part writer, in parts of ``label.part_size`` — rows as a run writes them
+       (status ``ok``, one label, exit step 1);
+    3. the real entry point runs again on it (measured): it reads the N inputs and the
+       committed parts, plans, labels the ``--left`` rows, compacts and summarises.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from frameexit.synthetic import generate_corpus
+    from pipelines.labeling.inputs import read_inputs
+    from pipelines.labeling.parts import PartWriter, list_parts, read_committed
+    from pipelines.labeling.schema import OUTPUT_SCHEMA
+
+    clips = work / "prefill-clips"
+    generate_corpus(str(clips), num_videos=16, num_classes=4, image_size=32, min_frames=8,
+                    max_frames=12, preset="ultrafast", workers=args.cores)  # fmt: skip
+    sources = [str(p) for p in sorted((clips / "videos").glob("*.mp4"))]
+    model = checkpoint(str(work / "prefill-T2.pt"), 2)
+    rows = []
+    for n in args.prefill:
+        manifest = work / f"prefill-{n}.parquet"
+        out = work / f"prefill-labels-{n}"
+        argv = ["--input", str(manifest), "--output", str(out), "--checkpoint", model,
+                "--no-progress", "label.batch_size=64", f"label.concurrency={args.cores}",
+                "label.cpus_per_actor=1"]  # fmt: skip
+        videos = pa.array([sources[i % len(sources)] for i in range(n)], pa.string())
+        pq.write_table(pa.table({"video": videos.slice(0, 16)}), manifest)
+        run_child(argv)  # 1. the output's records, the real way
+        pq.write_table(pa.table({"video": videos}), manifest)  # 2. N rows
+        began = time.perf_counter()
+        inputs = read_inputs(str(manifest)).videos
+        done = read_committed(str(out)).ids()
+        fill = inputs.slice(0, n - args.left)
+        fill = fill.filter(pc.invert(pc.is_in(fill.column("input_id"), value_set=done)))
+        k = fill.num_rows
+        table = pa.table(
+            {
+                "row": fill.column("row"),
+                "input_id": fill.column("input_id"),
+                "video": fill.column("video"),
+                "start": fill.column("start"),
+                "end": fill.column("end"),
+                "status": pa.array(["ok"] * k),
+                "retryable": pa.array([False] * k),
+                "label": pa.array(["class_0"] * k),
+                "labels": pa.array([["class_0"]] * k, pa.list_(pa.string())),
+                "label_ids": pa.array([[0]] * k, pa.list_(pa.int32())),
+                "scores": pa.array([[0.9]] * k, pa.list_(pa.float32())),
+                "exit_step": pa.array([1] * k, pa.int32()),
+                "frames_decoded": pa.array([1] * k, pa.int32()),
+                "num_frames": pa.array([10] * k, pa.int32()),
+                "gflops": pa.array([0.01] * k),
+                "attempts": pa.array([1] * k, pa.int32()),
+                "run_id": pa.array(["prefill"] * k),
+                "calibration": pa.array([False] * k),
+            }  # fmt: skip
+        )
+        table = table.cast(pa.schema([OUTPUT_SCHEMA.field(c) for c in table.column_names]))
+        missing = [f for f in OUTPUT_SCHEMA if f.name not in table.column_names]
+        for f in missing:
+            table = table.append_column(f, pa.nulls(k, f.type))
+        writer = PartWriter(str(out), {}, args.part_size)
+        writer.add(table.select(OUTPUT_SCHEMA.names))
+        writer.flush()
+        filled = time.perf_counter() - began
+        parts = len(list_parts(str(out)))
+        again = run_child([*argv, f"label.part_size={args.part_size}"])  # 3. measured
+        summary = again["summary"]
+        rows.append(
+            {
+                "inputs": n,
+                "prefilled_rows": k + 16,
+                "parts": parts,
+                "prefill_seconds": filled,
+                "complete": summary["complete"],
+                "labeled": summary["run"]["videos"],
+                "driver_peak_rss_mb": again["peak_rss_mb"],
+                "resume_seconds": again["seconds"],
+                "phase_seconds": summary.get("phase_seconds", {}),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _prefill_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    names = ["inputs", "read_committed", "plan", "label", "compact", "summary"]
+    print(f"\n{'inputs':>9} {'parts':>6} {'labeled':>7} {'driver peak RSS MB':>19} "
+          f"{'resume s':>9} " + " ".join(f"{n:>14}" for n in names))  # fmt: skip
+    for r in rows:
+        phases = r["phase_seconds"]
+        print(f"{r['inputs']:>9} {r['parts']:>6} {r['labeled']:>7} "
+              f"{r['driver_peak_rss_mb']:>19.0f} {r['resume_seconds']:>9.1f} "
+              + " ".join(f"{phases.get(n, float('nan')):>14.2f}" for n in names))  # fmt: skip
+    print("rows before the run: committed with the project's part writer (see --help); "
+          "'inputs' is reading the manifest and deriving ids")  # fmt: skip
+
+
 def actors(args: argparse.Namespace, work: Path) -> list[dict]:
     """The two setups alternated ``--actor-repeats`` times (A B A B ...: drift on a shared
     machine hits both), each over ``--actor-inputs`` links to ``--actor-videos`` clips."""
@@ -189,13 +305,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-actors", action="store_true")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also resume at these sizes with a prefilled output",
+    )
+    parser.add_argument("--left", type=int, default=10, help="rows a prefilled resume labels")
+    parser.add_argument("--part-size", type=int, default=256, help="rows per prefilled part")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fe-label-scale-") as tmp:
         work = Path(tmp)
         rows = [] if args.skip_scale else scale(args, work)
+        filled = prefilled(args, work) if args.prefill else []
         checks = [] if args.skip_actors else actors(args, work)
     growth = _scale_table(rows)
-    result = {"scale": rows, "rss_growth": growth, "actors": checks}
+    _prefill_table(filled)
+    result = {"scale": rows, "rss_growth": growth, "prefilled": filled, "actors": checks}
     if checks:
         ratio = checks[1]["steady_videos_per_second"] / checks[0]["steady_videos_per_second"]
         result["one_2cpu_actor_over_two_1cpu_actors"] = ratio

@@ -254,13 +254,18 @@ def run_labeling(
     cfg, output = job.cfg, job.output
     options = options_for(output, cfg.data.storage_options)
     run_id = uuid.uuid4().hex[:12]
+    phases = {"inputs": time.perf_counter() - began}  # where the driver's time went
     with Lease(output, options, seconds=cfg.label.lease_seconds) as lease:
         check_fingerprint(job, options, overwrite=overwrite, append=append)
         clean_temporaries(output, options)
+        mark = time.perf_counter()
         committed = read_committed(output, options, totals=True)  # the run's one read
+        phases["read_committed"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         todo, bad_todo, retried = plan(
             inputs, committed, retry=cfg.label.retry, max_attempts=cfg.label.max_attempts
         )
+        phases["plan"] = time.perf_counter() - mark
         log.info(
             "%s: %d inputs (%d unparsable manifest rows), %d labeled before, %d to label "
             "(%d retried after a retryable error)",
@@ -278,7 +283,7 @@ def run_labeling(
         writer.add(_with_run(bad_todo, run_id))
         writer.flush()
         calibrated = None
-        calibration_began = time.perf_counter()
+        calibration_began = mark = time.perf_counter()
         if job.calibration is not None:
             calibrated = calibrate_on_corpus(
                 job, inputs, todo, options,
@@ -292,10 +297,16 @@ def run_labeling(
             timing["began"] = calibration_began
         if hooks.value("label.exit_before_compact"):  # test hook: a driver killed right here
             hooks.exit_process(3)
+        phases["label"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         compaction = compact(
             output, options, None if append else inputs.ids, fence=lease.check, state=committed
         )
+        phases["compact"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         summary = _summary(job, inputs, writer, timing, compaction, retried, began, committed)
+        phases["summary"] = time.perf_counter() - mark
+        summary["phase_seconds"] = phases
         if calibrated is not None:
             summary["calibration"] = calibrated
         summary["run"]["lease_token"] = lease.token
