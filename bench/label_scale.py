@@ -141,9 +141,13 @@ def prefilled(args: argparse.Namespace, work: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     from frameexit.synthetic import generate_corpus
-    from pipelines.labeling.inputs import read_inputs
-    from pipelines.labeling.parts import PartWriter, list_parts, read_committed
-    from pipelines.labeling.schema import OUTPUT_SCHEMA
+    from pipelines.labeling import (
+        OUTPUT_SCHEMA,
+        PartWriter,
+        list_parts,
+        read_committed,
+        read_inputs,
+    )
 
     clips = work / "prefill-clips"
     generate_corpus(str(clips), num_videos=16, num_classes=4, image_size=32, min_frames=8,
