@@ -251,13 +251,14 @@ def test_a_second_training_job_with_the_same_name_refuses_before_ray(tmp_path, t
     cfg = load_config(None, [f"data.manifest={tiny_corpus.manifest}",
                              f"train.storage={tmp_path}", "train.name=shared"])  # fmt: skip
     paths = RunPaths(cfg)
+    import ray
+
+    was = ray.is_initialized()  # the session's Ray may be up already
     held = Lease(paths.root, None, what="training job", field="train.name")
     with held, pytest.raises(ConfigError) as info:
         run_pipeline(cfg, resume=True)
     assert info.value.field == "train.name" and "another training job" in str(info.value)
-    import ray
-
-    assert not ray.is_initialized()  # refused before any Ray work
+    assert ray.is_initialized() == was  # refused before any Ray work
 
 
 def test_a_rerun_without_append_refuses_an_output_holding_other_shards(tmp_path):
