@@ -257,7 +257,7 @@ def read_committed(
         table = table.append_column("part", pa.array([index] * n, pa.int32()))
         return table.append_column("position", pa.array(range(n), pa.int64()))
 
-    if len(parts) > 1:
+    if len(parts) >= 8:  # fewer: starting the threads costs more than they save
         with ThreadPoolExecutor(min(READ_THREADS, len(parts))) as pool:
             tables = list(pool.map(one, enumerate(parts)))
     else:

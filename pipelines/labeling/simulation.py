@@ -114,17 +114,15 @@ def _inputs(ids: list[str]) -> LabelInputs:
     return LabelInputs(videos, OUTPUT_SCHEMA.empty_table(), "manifest")
 
 
-def _same_index(kept: Any, fresh: Any) -> None:
-    """The index a run kept current names the same winners as a fresh read."""
-
-    def key(state: Any) -> list[tuple[Any, ...]]:
-        rows = state.winners.to_pylist()
-        return sorted((r["input_id"], r["attempts"], r["retryable"], r["status"],
-                       state.parts[r["part"]], r["position"]) for r in rows)  # fmt: skip
-
-    if key(kept) != key(fresh):
-        raise AssertionError(f"the kept index disagrees with a fresh read: {key(kept)} vs "
-                             f"{key(fresh)}")  # fmt: skip
+def _same_index(kept: Any, fresh: list[dict[str, Any]]) -> None:
+    """The index a run kept current names the same winners, in the same files and
+    places, as the part files say (``fresh``: :meth:`Simulation._winners`)."""
+    have = sorted((r["input_id"], r["attempts"], r["retryable"], kept.parts[r["part"]],
+                   r["position"]) for r in kept.winners.to_pylist())  # fmt: skip
+    want = sorted((r["input_id"], r["attempts"], r["retryable"], r["uri"], r["position"])
+                  for r in fresh)  # fmt: skip
+    if have != want:
+        raise AssertionError(f"the kept index disagrees with the part files: {have} vs {want}")
 
 
 def _rows(todo: pa.Table, run: str, rng: random.Random) -> pa.Table:
@@ -223,7 +221,7 @@ class Simulation:
                 writer.flush()
             compact(self.root, {}, None if actor.append else inputs.ids, fence=fence,
                     state=committed)  # fmt: skip
-            _same_index(committed, read_committed(self.root, totals=True))
+            _same_index(committed, self._winners())
             actor.outcome = "finished"
         except _Crash:
             actor.outcome = "crashed"
@@ -276,7 +274,8 @@ class Simulation:
                 self._parts[data] = table
             n = table.num_rows
             tables.append(table.append_column("part", pa.array([index] * n, pa.int32()))
-                          .append_column("position", pa.array(range(n), pa.int64())))  # fmt: skip
+                          .append_column("position", pa.array(range(n), pa.int64()))
+                          .append_column("uri", pa.array([uri] * n, pa.string())))  # fmt: skip
         if not tables:
             return []
         rows = pa.concat_tables(tables)
