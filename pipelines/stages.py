@@ -128,7 +128,29 @@ def _fit(
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: Ray Train finished without a checkpoint")
+    if t.tracking and result.metrics:
+        _track_last_report(cfg, stage if name in ("stage1", "stage2") else name, result.metrics)
     return result
+
+
+def _track_last_report(cfg: Config, stage: str, metrics: dict[str, Any]) -> None:
+    """Log the run's last report again from the driver: Ray Train's controller may stop
+    before its callback has seen the final report of a fast stage (a step logged twice
+    holds the same values)."""
+    from pipelines.tracking import Tracker
+
+    paths = RunPaths(cfg)
+    t = cfg.train
+    tracker = Tracker(
+        paths.root, list(t.tracking), mlflow_uri=t.mlflow_uri, run_name=t.name,
+        options=paths.options,
+    )  # fmt: skip
+    try:
+        tracker.log(stage, metrics, int(metrics.get("epoch", 0)))
+    except Exception as error:  # noqa: BLE001 - tracking never fails a run
+        log.warning("tracking %s failed: %s", stage, error)
+    finally:
+        tracker.close()
 
 
 def _clock_name(paths: RunPaths, stage: str) -> str:
