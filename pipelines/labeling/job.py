@@ -12,8 +12,6 @@ from typing import Any
 
 from frameexit.config import (
     Config,
-    config_from_dict,
-    config_to_dict,
     fields_with,
     fingerprint_of,
     load_config,
@@ -104,28 +102,10 @@ def resolve_config(
     """
     if checkpoint is None:
         return load_config(config_file, overrides), None, None
-    from frameexit.checkpoint import operating_point_of, read_model_checkpoint
+    from frameexit.checkpoint import checkpoint_config, operating_point_of
 
-    model_overrides = [o for o in overrides if o.lstrip("-").startswith("model.")]
-    for text in model_overrides:
-        key = text.lstrip("-").split("=", 1)[0]
-        if key.split(".", 1)[1] not in MODEL_INFERENCE_FIELDS:
-            raise ConfigError(
-                key,
-                "fixed by the checkpoint; only "
-                + ", ".join(f"model.{f}" for f in MODEL_INFERENCE_FIELDS)
-                + " may be overridden when labeling with --checkpoint",
-            )
-    cfg = load_config(config_file, [o for o in overrides if o not in model_overrides])
-    options = options_for(checkpoint, cfg.data.storage_options)
-    state, ckpt_cfg, extra = read_model_checkpoint(checkpoint, storage_options=options or None)
-    merged = config_to_dict(cfg)
-    merged["model"] = config_to_dict(ckpt_cfg)["model"]
-    merged["model"]["pretrained"] = None  # the checkpoint holds the weights
-    # the training manifest, whose classes.json names the model's outputs
-    merged["data"]["manifest"] = cfg.data.manifest or ckpt_cfg.data.manifest
-    point = operating_point_of(extra, source=checkpoint)
-    return config_from_dict(merged, model_overrides), state, point
+    cfg, state, extra = checkpoint_config(checkpoint, config_file, overrides)
+    return cfg, state, operating_point_of(extra, source=checkpoint)
 
 
 def resolve_class_names(
