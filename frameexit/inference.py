@@ -457,3 +457,24 @@ def select_labels(
     else:
         order = order[: min(top_k, len(order))]
     return [int(i) for i in order], [float(values[i]) for i in order]
+
+
+def named_answer(
+    outcome: Any, cfg: Any, class_names: Sequence[str], step_gflops: float
+) -> dict[str, Any]:
+    """An answered video's ``label, labels, label_ids, scores, exit_step, gflops`` (the
+    selection of ``label.top_k`` / ``label.multi_label_threshold``, named; an output
+    without a name is ``class_<i>``): the one answer ``label`` and ``predict`` both give."""
+    from frameexit.flops import video_gflops
+
+    ids, values = select_labels(
+        outcome.scores,
+        multi_label=cfg.model.multi_label,
+        top_k=cfg.label.top_k,
+        threshold=cfg.label.multi_label_threshold,
+    )
+    names = [class_names[i] if i < len(class_names) else f"class_{i}" for i in ids]
+    return dict(
+        label=names[0] if names else None, labels=names, label_ids=ids, scores=values,
+        exit_step=outcome.exit_step, gflops=video_gflops(step_gflops, outcome.exit_step),
+    )  # fmt: skip

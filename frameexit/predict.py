@@ -42,8 +42,8 @@ from frameexit.inference import (
     VideoRequest,
     device_plan,
     label_videos,
+    named_answer,
     prepare_model,
-    select_labels,
 )
 from frameexit.storage import absolute_uri, list_files, options_for, scrub, url_to_fs
 
@@ -163,8 +163,6 @@ class Predictor:
         return out
 
     def _prediction(self, outcome: VideoOutcome) -> Prediction:
-        from frameexit.flops import video_gflops
-
         base = dict(
             video=outcome.uri,
             num_steps=self.model.num_steps,
@@ -176,26 +174,9 @@ class Predictor:
             kind = outcome.error.kind if outcome.error is not None else "unreadable"
             message = scrub(str(outcome.error or "no answer"), self.cfg.data.storage_options)
             return Prediction(**base, status=kind, error=message)
-        ids, values = select_labels(
-            outcome.scores,
-            multi_label=self.cfg.model.multi_label,
-            top_k=self.cfg.label.top_k,
-            threshold=self.cfg.label.multi_label_threshold,
-        )
-        names = [self._name(i) for i in ids]
-        return Prediction(
-            **base,
-            label=names[0] if names else None,
-            score=values[0] if values else None,
-            labels=names,
-            label_ids=ids,
-            scores=values,
-            exit_step=outcome.exit_step,
-            gflops=video_gflops(self.step_gflops, outcome.exit_step),
-        )
-
-    def _name(self, index: int) -> str:
-        return self.class_names[index] if index < len(self.class_names) else f"class_{index}"
+        answer = named_answer(outcome, self.cfg, self.class_names, self.step_gflops)
+        values = answer["scores"]
+        return Prediction(**base, score=values[0] if values else None, **answer)
 
     def policy_frames(
         self, video: str, start: float | None = None, end: float | None = None

@@ -23,6 +23,7 @@ from frameexit.inference import (
     VideoRequest,
     device_plan,
     label_videos,
+    named_answer,
     prepare_model,
     select_labels,
 )
@@ -94,9 +95,7 @@ class VideoLabeler:
     def _open_reader(self, uri: str) -> Any:
         if self.poison and self.poison in uri:
             hooks.exit_process(137)  # test hook label.kill_worker_on (like the OOM killer)
-        return open_video(
-            uri, self.cfg.data.decode, storage_options=self.cfg.data.storage_options
-        )
+        return open_video(uri, self.cfg.data.decode, storage_options=self.cfg.data.storage_options)
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         return self.label(batch)
@@ -157,7 +156,6 @@ class VideoLabeler:
         return pa.concat_tables(out) if out else rows_to_table([])
 
     def _output(self, r: Any, outcome: VideoOutcome) -> dict[str, Any]:
-        from frameexit.flops import video_gflops
 
         base = dict(
             row=int(r.row),
@@ -177,13 +175,6 @@ class VideoLabeler:
             return output_row(
                 **base, status=error.kind, error=message, calibration=self.calibration
             )
-        ids, values = select_labels(
-            outcome.scores,
-            multi_label=self.cfg.model.multi_label,
-            top_k=self.cfg.label.top_k,
-            threshold=self.cfg.label.multi_label_threshold,
-        )
-        names = [self._name(i) for i in ids]
         steps: dict[str, Any] = {}
         if self.calibration and outcome.step_scores is not None:
             steps = dict(
@@ -203,16 +194,8 @@ class VideoLabeler:
             **base,
             **steps,
             status=STATUS_OK,
-            label=names[0] if names else None,
-            labels=names,
-            label_ids=ids,
-            scores=values,
-            exit_step=outcome.exit_step,
-            gflops=video_gflops(self.step_gflops, outcome.exit_step),
+            **named_answer(outcome, self.cfg, self.class_names, self.step_gflops),
         )
-
-    def _name(self, index: int) -> str:
-        return self.class_names[index] if index < len(self.class_names) else f"class_{index}"
 
 
 def _bound(value: Any) -> float | None:
